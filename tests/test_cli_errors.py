@@ -1,0 +1,133 @@
+"""Bad input: one clear line on stderr, exit status 2, no traceback, nothing half-written."""
+
+import pickle
+
+import pytest
+import torch
+
+from conftest import TINY
+
+
+def assert_one_line_error(proc, *needles, code=2):
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert lines[0].startswith(("mobilenet-train: error:", "mobilenet-eval: error:")), lines[0]
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def train(cli, tmp_path, *args):
+    return cli("mobilenet-train", *args, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, check=False)
+
+
+def test_missing_data_root(cli, tmp_path):
+    assert_one_line_error(train(cli, tmp_path, "trainer.progress=false"), "data.root is not set", "train/")
+    assert not (tmp_path / "run").exists()
+
+
+def test_nonexistent_data_root(cli, tmp_path):
+    proc = train(cli, tmp_path, "data.root=/nonexistent/imagenet")
+    assert_one_line_error(proc, "/nonexistent/imagenet", "does not exist")
+    assert not (tmp_path / "run").exists()
+
+
+def test_wrong_layout(cli, tmp_path):
+    root = tmp_path / "flat"
+    (root / "n01440764").mkdir(parents=True)
+    (root / "n01440764" / "a.JPEG").write_bytes(b"")
+    proc = train(cli, tmp_path, f"data.root={root}")
+    assert_one_line_error(proc, "no 'train/' directory", "n01440764")
+    assert not (tmp_path / "run").exists()
+
+
+def test_class_count_mismatch(cli, tmp_path):
+    proc = train(cli, tmp_path, *TINY, "data.num_classes=7")
+    assert_one_line_error(proc, "10 classes", "data.num_classes=10")
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("model.alpah=0.5", "model.alpah"),
+    ("+experiment=alpha_9", "alpha_9"),
+    ("model.alpha=-1", "model.alpha=-1"),
+    ("model.resolution=16", "model.resolution=16"),
+    ("model.alpha=[", "model.alpha=["),
+    ("optim=adamw", "adamw"),
+])
+def test_bad_overrides(cli, tmp_path, override, needle):
+    assert_one_line_error(train(cli, tmp_path, *TINY, override), needle)
+    assert not (tmp_path / "run").exists()
+
+
+def test_batch_not_divisible_by_accumulation(cli, tmp_path):
+    assert_one_line_error(train(cli, tmp_path, *TINY, "trainer.accum_steps=3"), "data.batch_size=40")
+
+
+def test_fp16_needs_cuda(cli, tmp_path):
+    assert_one_line_error(train(cli, tmp_path, *TINY, "trainer.amp=fp16", "trainer.device=cpu"), "bf16")
+
+
+def test_diverging_loss_stops_and_keeps_last_good_checkpoint(cli, tmp_path):
+    run = tmp_path / "run"
+    cli("mobilenet-train", *TINY, f"hydra.run.dir={run}", cwd=tmp_path)
+    good = (run / "checkpoints" / "last.pt").read_bytes()
+    proc = train(cli, tmp_path, *TINY, "trainer.epochs=2", "optim=sgd", "optim.lr=1e30", "trainer.log_every_steps=1")
+    assert_one_line_error(proc, "training loss became", code=3)
+    assert (run / "checkpoints" / "last.pt").read_bytes() == good
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------- mobilenet-eval
+
+
+def evaluate(cli, tmp_path, *args):
+    return cli("mobilenet-eval", *args, cwd=tmp_path, check=False)
+
+
+def test_eval_missing_checkpoint(cli, tmp_path):
+    assert_one_line_error(evaluate(cli, tmp_path, str(tmp_path / "nope.pt")), "does not exist")
+
+
+def test_eval_truncated_checkpoint(cli, tmp_path, trained_run):
+    data = (trained_run / "checkpoints" / "best.pt").read_bytes()
+    bad = tmp_path / "truncated.pt"
+    bad.write_bytes(data[: len(data) // 2])
+    assert_one_line_error(evaluate(cli, tmp_path, str(bad)), "truncated or corrupt")
+    assert not (tmp_path / "eval.json").exists()
+
+
+def test_eval_foreign_checkpoints(cli, tmp_path):
+    plain = tmp_path / "plain.pt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, plain)
+    assert_one_line_error(evaluate(cli, tmp_path, str(plain)), "not a mobilenet-train checkpoint")
+    pickled = tmp_path / "pickled.pt"
+
+    class Evil:  # an arbitrary object: weights_only=True must refuse to unpickle it
+        pass
+
+    torch.save({"obj": Evil.__new__(Evil)}, pickled, pickle_module=pickle) if False else pickled.write_bytes(
+        pickle.dumps({"x": pytest}))
+    assert_one_line_error(evaluate(cli, tmp_path, str(pickled)), "pickled.pt")
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    assert_one_line_error(evaluate(cli, tmp_path, str(text)), "notes.txt")
+
+
+def test_eval_override_that_contradicts_the_checkpoint(cli, tmp_path, trained_run):
+    proc = evaluate(cli, tmp_path, str(trained_run / "checkpoints" / "best.pt"), "model.alpha=0.5", f"out={tmp_path / 'e.json'}")
+    assert_one_line_error(proc, "model.alpha=0.25", "model.alpha=0.5")
+    assert not (tmp_path / "e.json").exists()
+
+
+def test_eval_unknown_and_malformed_overrides(cli, tmp_path, trained_run):
+    ckpt = str(trained_run / "checkpoints" / "best.pt")
+    assert_one_line_error(evaluate(cli, tmp_path, ckpt, "data.rooot=/x"), "data.rooot")
+    assert_one_line_error(evaluate(cli, tmp_path, ckpt, "data.root"), "key=value")
+    assert_one_line_error(evaluate(cli, tmp_path, ckpt, "use_ema=true"), "no EMA")
+
+
+def test_eval_wrong_data_root(cli, tmp_path, trained_run):
+    proc = evaluate(cli, tmp_path, str(trained_run / "checkpoints" / "best.pt"), f"data.root={tmp_path / 'missing'}")
+    assert_one_line_error(proc, "missing")
