@@ -1,6 +1,6 @@
 """Bad input: one clear line on stderr, exit status 2, no traceback, nothing half-written."""
 
-import pickle
+import argparse
 
 import pytest
 import torch
@@ -65,15 +65,20 @@ def test_batch_not_divisible_by_accumulation(cli, tmp_path):
     assert_one_line_error(train(cli, tmp_path, *TINY, "trainer.accum_steps=3"), "data.batch_size=40")
 
 
+def test_resume_with_another_optimizer(cli, tmp_path, trained_run):
+    proc = train(cli, tmp_path, *TINY, "trainer.epochs=3", "optim=sgd", f"trainer.resume={trained_run / 'checkpoints' / 'last.pt'}")
+    assert_one_line_error(proc, "optim=rmsprop (config: sgd)")
+
+
 def test_fp16_needs_cuda(cli, tmp_path):
     assert_one_line_error(train(cli, tmp_path, *TINY, "trainer.amp=fp16", "trainer.device=cpu"), "bf16")
 
 
 def test_diverging_loss_stops_and_keeps_last_good_checkpoint(cli, tmp_path):
     run = tmp_path / "run"
-    cli("mobilenet-train", *TINY, f"hydra.run.dir={run}", cwd=tmp_path)
+    cli("mobilenet-train", *TINY, "optim=sgd", f"hydra.run.dir={run}", cwd=tmp_path)
     good = (run / "checkpoints" / "last.pt").read_bytes()
-    proc = train(cli, tmp_path, *TINY, "trainer.epochs=2", "optim=sgd", "optim.lr=1e30", "trainer.log_every_steps=1")
+    proc = train(cli, tmp_path, *TINY, "optim=sgd", "trainer.epochs=2", "optim.lr=1e30", "trainer.log_every_steps=1")
     assert_one_line_error(proc, "training loss became", code=3)
     assert (run / "checkpoints" / "last.pt").read_bytes() == good
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
@@ -103,13 +108,9 @@ def test_eval_foreign_checkpoints(cli, tmp_path):
     torch.save({"state_dict": {"w": torch.zeros(2)}}, plain)
     assert_one_line_error(evaluate(cli, tmp_path, str(plain)), "not a mobilenet-train checkpoint")
     pickled = tmp_path / "pickled.pt"
-
-    class Evil:  # an arbitrary object: weights_only=True must refuse to unpickle it
-        pass
-
-    torch.save({"obj": Evil.__new__(Evil)}, pickled, pickle_module=pickle) if False else pickled.write_bytes(
-        pickle.dumps({"x": pytest}))
-    assert_one_line_error(evaluate(cli, tmp_path, str(pickled)), "pickled.pt")
+    # Like many training scripts' checkpoints: an arbitrary object that weights_only=True refuses.
+    torch.save({"args": argparse.Namespace(lr=0.1), "model": {}}, pickled)
+    assert_one_line_error(evaluate(cli, tmp_path, str(pickled)), "pickled.pt", "weights_only")
     text = tmp_path / "notes.txt"
     text.write_text("hello")
     assert_one_line_error(evaluate(cli, tmp_path, str(text)), "notes.txt")
@@ -129,5 +130,8 @@ def test_eval_unknown_and_malformed_overrides(cli, tmp_path, trained_run):
 
 
 def test_eval_wrong_data_root(cli, tmp_path, trained_run):
-    proc = evaluate(cli, tmp_path, str(trained_run / "checkpoints" / "best.pt"), f"data.root={tmp_path / 'missing'}")
-    assert_one_line_error(proc, "missing")
+    not_data = tmp_path / "not_data"
+    not_data.mkdir()
+    (not_data / "notes.txt").write_text("x")
+    proc = evaluate(cli, tmp_path, str(trained_run / "checkpoints" / "best.pt"), f"data.root={not_data}")
+    assert_one_line_error(proc, "not_data", "no complete shapes dataset")

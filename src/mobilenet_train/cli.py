@@ -63,12 +63,13 @@ def _single_run_overrides(args: list[str]) -> list[str] | None:
     overrides = [a for a in args if a not in _HYDRA_FLAGS]
     if any(a.startswith("-") for a in overrides):
         return None  # --help, --cfg, -cn ...: Hydra's business
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except Exception as e:  # noqa: BLE001
-        raise UserError(_hydra_message(e)) from None
+    parser = OverridesParser.create()
     single = []
-    for o in parsed:
+    for text in overrides:
+        try:
+            (o,) = parser.parse_overrides([text])
+        except Exception as e:  # noqa: BLE001
+            raise UserError(f"cannot parse override '{text}': {_hydra_message(e)}") from None
         if o.is_sweep_override():
             first = next(iter(o.sweep_string_iterator()), None)
             single.append(f"{o.get_key_element()}={first}")

@@ -20,7 +20,7 @@ from torchvision.transforms import v2
 from . import shapes
 from .errors import UserError
 
-LAYOUT_HINT = "expected ImageFolder layout ROOT/{split}/<class>/<image> (e.g. ROOT/train/n01440764/x.JPEG)"
+LAYOUT_HINT = "expected ImageFolder layout ROOT/train/<class>/<image> and ROOT/val/<class>/<image>, e.g. ROOT/train/n01440764/x.JPEG"
 NORMALIZATION = {
     # TF-slim / Keras MobileNet: x / 127.5 - 1
     "inception": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
@@ -125,8 +125,7 @@ def split_dir(root: Path, split: str) -> Path:
     if not path.is_dir():
         found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))[:5]
         held = f"it holds: {', '.join(found)}" if found else "it holds no directories"
-        raise UserError(f"data.root={root} has no '{split}/' directory ({held}); "
-                        f"{LAYOUT_HINT.replace('{split}', split)}")
+        raise UserError(f"data.root={root} has no '{split}/' directory ({held}); {LAYOUT_HINT}")
     return path
 
 
@@ -135,8 +134,7 @@ def image_folder(root: Path, split: str, transform) -> datasets.ImageFolder:
     try:
         return datasets.ImageFolder(str(path), transform=transform)
     except FileNotFoundError as e:
-        raise UserError(f"{path} holds no class directories with images ({e}); "
-                        f"{LAYOUT_HINT.replace('{split}', split)}") from None
+        raise UserError(f"{path} holds no class directories with images ({e}); {LAYOUT_HINT}") from None
 
 
 def build_dataset(data_cfg, resolution: int, split: str, train: bool, root: Path | None = None) -> Dataset:
@@ -239,6 +237,9 @@ def build_data(cfg, resolution: int, rank: int = 0, world_size: int = 1, pin_mem
     data_cfg = cfg.data
     root = None if data_cfg.name == "fake" else resolve_root(data_cfg)
     num_classes = int(cfg.model.num_classes)
+    if root is not None:
+        for split in ([data_cfg.train_split] if train else []) + [data_cfg.val_split]:
+            split_dir(root, split)  # report a missing split before anything is read
     val_set = build_dataset(data_cfg, resolution, data_cfg.val_split, train=False, root=root)
     classes = check_classes(val_set, num_classes, f"{data_cfg.val_split} split of data.root={root}")
     eval_batch = max(1, int(data_cfg.eval_batch_size) // world_size)

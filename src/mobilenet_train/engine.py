@@ -248,12 +248,15 @@ def train_one_epoch(parts: TrainParts, loader, state: TrainState, tcfg, epoch_de
 # ----------------------------------------------------------------------------- fit
 
 
-def _check_resume_matches(ckpt: dict, args: ModelArgs, path: Path) -> None:
+def _check_resume_matches(ckpt: dict, args: ModelArgs, cfg: DictConfig, path: Path) -> None:
     stored = ckpt["model_args"]
     diffs = [f"model.{k}={stored.get(k)} (config: {v})" for k, v in args.to_dict().items() if stored.get(k) != v]
+    stored_optim = ckpt["config"].get("optim", {}).get("name")
+    if stored_optim != cfg.optim.name:
+        diffs.append(f"optim={stored_optim} (config: {cfg.optim.name})")
     if diffs:
         raise UserError(f"cannot resume from {path}: it was trained with {', '.join(diffs)}; "
-                        f"use the same model settings or trainer.resume=none with a new hydra.run.dir")
+                        f"use the same settings, or trainer.resume=none with a new hydra.run.dir")
 
 
 def _resume_path(tcfg, run_dir: Path) -> Path | None:
@@ -309,7 +312,7 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict:
     ckpt_path = _resume_path(tcfg, run_dir)
     ckpt = load_checkpoint(ckpt_path) if ckpt_path else None
     if ckpt is not None:
-        _check_resume_matches(ckpt, args, ckpt_path)
+        _check_resume_matches(ckpt, args, cfg, ckpt_path)
         if ckpt["epoch"] >= epochs:
             log.info("run already finished: %d of %d epochs done, best val top-1 %.2f%% at epoch %d (%s). "
                      "Nothing to do; set trainer.epochs higher to train longer.", ckpt["epoch"], epochs,
@@ -337,7 +340,8 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict:
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
+        # The schedule is a pure function of the config and the step (set just below), so a
+        # resumed run follows the current config; the stored scheduler state is informational.
         scaler.load_state_dict(ckpt["scaler"])
         if ema is not None and ckpt.get("ema") is not None:
             ema.load_state_dict(ckpt["ema"])
