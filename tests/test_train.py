@@ -53,8 +53,18 @@ def test_tensorboard_has_train_val_and_hparams(trained_run):
                 "val/top1", "val/top5", "epoch/train_top1"):
         assert tag in tags, tag
     assert acc.Scalars("val/top1")[-1].value == pytest.approx(_metrics(trained_run)[-1]["val_top1"])
-    plugins = acc.PluginTagToContent("hparams") if "hparams" in acc.Tags().get("tensors", []) or True else {}
-    assert plugins, "no hparams summary"
+    # The HParams tab: alpha, resolution, mult-adds and params with the final metrics.
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = acc.PluginTagToContent("hparams")
+    assert content, "no hparams summary"
+    hparams = {}
+    for raw in content.values():
+        data = plugin_data_pb2.HParamsPluginData.FromString(raw)
+        if data.HasField("session_start_info"):
+            hparams = {k: v for k, v in data.session_start_info.hparams.items()}
+    assert hparams["alpha"].number_value == 0.25 and hparams["resolution"].number_value == 32
+    assert hparams["mult_adds"].number_value > 0 and hparams["params"].number_value > 0
 
 
 def test_eval_reproduces_recorded_accuracy(trained_run, cli, tmp_path):
