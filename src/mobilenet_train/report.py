@@ -247,6 +247,19 @@ def pareto(points: list[tuple[float, float]]) -> set[int]:
     return frontier
 
 
+def frontier(results: list[Result], x: str) -> list[list[int]]:
+    """Pareto frontiers in cost `x` (mult_adds or params), one per dataset (accuracies on different
+    data do not compare), each as result indices sorted by cost."""
+    by_dataset: dict[str | None, list[int]] = {}
+    for i, r in enumerate(results):
+        by_dataset.setdefault(r.dataset, []).append(i)
+    fronts = []
+    for idx in by_dataset.values():
+        front = pareto([(getattr(results[i], x), results[i].top1) for i in idx])
+        fronts.append(sorted((idx[j] for j in front), key=lambda i: getattr(results[i], x)))
+    return fronts
+
+
 def _published_for(r: Result) -> dict:
     """The paper's and TF-slim's numbers for this model, when the run is on ImageNet like them."""
     if r.dataset != "imagenet":
@@ -275,8 +288,8 @@ CSV_COLUMNS = ["model", "variant", "alpha", "resolution", "name", "source", "dat
 
 def rows(results: list[Result]) -> list[dict]:
     """One flat record per result: what report.csv holds and report.md shows."""
-    front_ma = pareto([(r.mult_adds, r.top1) for r in results])
-    front_p = pareto([(r.params, r.top1) for r in results])
+    front_ma = {i for f in frontier(results, "mult_adds") for i in f}
+    front_p = {i for f in frontier(results, "params") for i in f}
     out = []
     for i, r in enumerate(results):
         row = {k: getattr(r, k) for k in ("model", "variant", "alpha", "resolution", "name", "source", "dataset",
@@ -347,7 +360,7 @@ def markdown(table: list[dict], skipped: list[str], paths: list[str]) -> str:
         "(the one `best.pt` holds), marked *in progress* while it has not reached its planned epochs. "
         "images/s: training throughput of that epoch (train) or evaluation throughput (eval). Published "
         "numbers (ImageNet) stand beside runs on `data=imagenet` with the same variant, alpha and resolution; "
-        "Δ = run − published. Pareto: no other run is both cheaper in mult-adds and more accurate.",
+        "Δ = run − published. Pareto: no other run on the same data is both cheaper in mult-adds and more accurate.",
         "",
         *results_table(table),
         "",
@@ -408,11 +421,11 @@ def figure(results: list[Result], x: str):
                     ax.annotate(p.model, (xv, p.top1), textcoords="offset points", xytext=(0, -9), fontsize=8,
                                 color="0.35", ha="center", va="top")
 
-    # The runs: one line per (variant, alpha) through its resolutions; hollow = still in progress.
+    # The runs: one line per (data, variant, alpha) through its resolutions; hollow = still in progress.
     groups: dict[tuple, list[Result]] = {}
     for r in results:
-        groups.setdefault((r.variant, r.alpha), []).append(r)
-    for (variant, alpha), rs in sorted(groups.items(), key=lambda kv: (kv[0][0] != "separable", -kv[0][1])):
+        groups.setdefault((r.dataset or "?", r.variant, r.alpha), []).append(r)
+    for (_, variant, alpha), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != "separable", -kv[0][2])):
         rs.sort(key=lambda r: getattr(r, x))
         xs = [getattr(r, x) / 1e6 for r in rs]
         ax.plot(xs, [r.top1 for r in rs], color=colors[alpha], linewidth=2)
@@ -425,8 +438,8 @@ def figure(results: list[Result], x: str):
             ax.annotate(str(r.resolution), (xv, r.top1), textcoords="offset points", xytext=(5, 5), fontsize=8,
                         color=colors[alpha])
 
-    front = sorted(pareto([(getattr(r, x), r.top1) for r in results]), key=lambda i: getattr(results[i], x))
-    if front:
+    fronts = frontier(results, x)
+    for front in fronts:
         fx = [getattr(results[i], x) / 1e6 for i in front]
         fy = [results[i].top1 for i in front]
         ax.plot(fx, fy, drawstyle="steps-post", linestyle="--", color="black", linewidth=1.2, alpha=0.7,
@@ -440,9 +453,8 @@ def figure(results: list[Result], x: str):
     if any(r.in_progress for r in results):
         entries.append((Line2D([], [], color="0.3", marker="o", markerfacecolor="white", linestyle="none"),
                         "in progress (best epoch so far)"))
-    if front:
-        entries.append((Line2D([], [], color="black", linestyle="--", marker="o", markersize=12, markerfacecolor="none"),
-                        "Pareto frontier of your runs"))
+    entries.append((Line2D([], [], color="black", linestyle="--", marker="o", markersize=12, markerfacecolor="none"),
+                    "Pareto frontier of your runs" + (" (per dataset)" if len(fronts) > 1 else "")))
     for source, (marker, label) in PUBLISHED_STYLE.items():
         entries.append((Line2D([], [], color="0.3", marker=marker, markerfacecolor="none" if source == "paper" else "0.3",
                                linestyle=":" if source == "tf_slim" else "none"), f"{label}, ImageNet"))
