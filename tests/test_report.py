@@ -143,7 +143,8 @@ def runs(tmp_path):
 
 def test_published_numbers_in_progress_runs_and_skipped_input(runs):
     out = runs / "out"
-    paths = [str(runs / "runs"), str(runs / "empty"), str(runs / "missing")]
+    (runs / "notes.json").write_text("[1, 2]")
+    paths = [str(runs / "runs"), str(runs / "empty"), str(runs / "missing"), str(runs / "notes.json")]
     table, skipped = write_report(paths, out)
     rows = {r["name"]: r for r in read_csv(out / "report.csv")}
     assert set(rows) == {"a1_224", "conv", "growing", "corrupt", "on_shapes", "evals/eval.json"}
@@ -172,6 +173,7 @@ def test_published_numbers_in_progress_runs_and_skipped_input(runs):
     assert "noval: no val metric yet (1 epoch(s) logged)" in text
     assert f"{runs / 'empty'}: no runs under it" in text
     assert f"{runs / 'missing'}: does not exist" in text
+    assert f"{runs / 'notes.json'}: not a mobilenet-eval result" in text
     md = (out / "report.md").read_text()
     assert "2/10 (in progress: best so far)" in md and "| 70.6 (-1.6) |" in md and "## Skipped" in md
     assert "arxiv.org/abs/1704.04861" in md and "mobilenet_v1.md" in md

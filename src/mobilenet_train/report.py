@@ -158,7 +158,9 @@ def load_eval(path: Path, name: str) -> Result:
         r = json.loads(path.read_text(errors="replace"))
     except json.JSONDecodeError as e:
         raise Skip(f"not valid JSON ({e.msg})") from None
-    missing = [k for k in ("top1", "alpha", "resolution", "params", "mult_adds") if not isinstance(r, dict) or not _number(r.get(k))]
+    if not isinstance(r, dict):
+        raise Skip("not a mobilenet-eval result (not a JSON object)")
+    missing = [k for k in ("top1", "alpha", "resolution", "params", "mult_adds") if not _number(r.get(k))]
     if missing:
         raise Skip(f"not a mobilenet-eval result (no {', '.join(missing)})")
     return Result(
