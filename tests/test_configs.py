@@ -48,3 +48,45 @@ def test_unknown_override_is_a_user_error(compose):
         compose("model.alpah=0.5")
     with pytest.raises(UserError, match="experiment"):
         compose("+experiment=alpha_9")
+
+
+@pytest.mark.parametrize("name,variant", [("mobilenet_v1_conv", "conv"), ("mobilenet_v1_shallow", "shallow")])
+def test_variant_model_configs_honour_alpha_and_resolution(compose, name, variant):
+    base = compose()
+    cfg = compose(f"model={name}", "model.alpha=0.5", "model.resolution=160")
+    assert set(cfg.model) == set(base.model)  # same keys as mobilenet_v1
+    args = ModelArgs.from_config(cfg.model)
+    assert (args.variant, args.alpha, args.resolution, args.num_classes) == (variant, 0.5, 160, 1000)
+
+
+def test_table_experiments(compose):
+    expected = {"table4_separable": ("separable", 1.0), "table4_conv": ("conv", 1.0),
+                "table5_narrow": ("separable", 0.75), "table5_shallow": ("shallow", 1.0)}
+    for name, (variant, alpha) in expected.items():
+        cfg = compose(f"+experiment={name}")
+        assert (cfg.model.variant, cfg.model.alpha, cfg.model.resolution, cfg.run_name) == (variant, alpha, 224, name)
+    # With the paper's recipe in front, as the README shows.
+    cfg = compose("+experiment=[paper,table4_conv]")
+    assert cfg.model.variant == "conv" and cfg.trainer.epochs == 150 and cfg.optim.lr == 0.045
+
+
+def test_paper_grid_sweeps_16_runs_into_readable_dirs(compose):
+    cfg = compose("+experiment=[quickstart,paper_grid]")
+    params = cfg.hydra.sweeper.params
+    assert params["model.alpha"] == "1.0,0.75,0.5,0.25" and params["model.resolution"] == "224,192,160,128"
+    assert cfg.hydra.sweep.subdir == "alpha=0.25,res=64"  # resolved per run, from its own model values
+    assert cfg.data.name == "shapes"  # the sweep only adds the sweep: quickstart's data and recipe stay
+
+
+def test_preflight_checks_every_swept_value(capsys):
+    from mobilenet_train.cli import preflight
+
+    with pytest.raises(UserError, match="model.resolution=16"):
+        preflight(["-m", "+experiment=[quickstart,paper_grid]", "model.resolution=32,16"])
+    with pytest.raises(UserError, match="model.alpha=-1"):
+        preflight(["-m", "+experiment=paper_grid", 'hydra.sweeper.params={model.alpha:"0.5,-1"}'])
+    preflight(["-m", "+experiment=[quickstart,paper_grid]", "model.alpha=0.25,0.5", "model.resolution=32,40"])
+    assert capsys.readouterr().err == ""
+    preflight(["+experiment=paper_grid"])  # without -m: one run, and a note saying so
+    err = capsys.readouterr().err
+    assert "only with -m" in err and "model.alpha=1.0, model.resolution=224" in err

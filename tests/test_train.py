@@ -65,6 +65,7 @@ def test_tensorboard_has_train_val_and_hparams(trained_run):
             hparams = {k: v for k, v in data.session_start_info.hparams.items()}
     assert hparams["alpha"].number_value == 0.25 and hparams["resolution"].number_value == 32
     assert hparams["mult_adds"].number_value > 0 and hparams["params"].number_value > 0
+    assert hparams["variant"].string_value == "separable" and hparams["dataset"].string_value == "shapes"
 
 
 def test_eval_reproduces_recorded_accuracy(trained_run, cli, tmp_path):

@@ -78,8 +78,28 @@ def _single_run_overrides(args: list[str]) -> list[str] | None:
     return single
 
 
+def _swept_values(cfg: DictConfig, args: list[str]) -> dict[str, list]:
+    """Every value each key takes in a `-m` sweep: the config's hydra.sweeper.params (e.g. from
+    +experiment=paper_grid), a key swept on the command line replacing its list, as BasicSweeper does."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = cfg.hydra.sweeper.get("params") or {}
+    texts = [f"{k}={v}" for k, v in params.items()] + [a for a in args if a not in _HYDRA_FLAGS]
+    swept = {}
+    for o in OverridesParser.create().parse_overrides(texts):
+        key = o.get_key_element()
+        if o.is_sweep_override():
+            swept[key] = list(o.sweep_iterator())
+        else:
+            swept.pop(key, None)
+    return swept
+
+
 def preflight(args: list[str]) -> None:
-    """Compose and validate the config before Hydra creates a run dir for it."""
+    """Compose and validate the config before Hydra creates a run dir for it; in a sweep,
+    every swept model value too, so a bad one stops the sweep before its first run."""
+    from dataclasses import replace
+
     from .model import ModelArgs
 
     overrides = _single_run_overrides(args)
@@ -87,11 +107,23 @@ def preflight(args: list[str]) -> None:
         return
     cfg = compose_config(overrides)
     try:
-        ModelArgs.from_config(cfg.model)
+        first = ModelArgs.from_config(cfg.model)
         job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
         OmegaConf.to_container(job, resolve=True)  # every interpolation of the job's config resolves
     except OmegaConfBaseException as e:
         raise UserError(_hydra_message(e)) from None
+    multirun = any(a in _HYDRA_FLAGS for a in args)
+    if multirun:
+        for key, values in _swept_values(cfg, args).items():
+            name = key.removeprefix("model.")
+            if key.startswith("model.") and name in ModelArgs.__dataclass_fields__:
+                for value in values:
+                    replace(first, **{name: value}).validate()
+    elif cfg.hydra.sweeper.get("params"):
+        keys = ", ".join(cfg.hydra.sweeper.params)
+        print(f"mobilenet-train: note: the config sweeps {keys} only with -m (mobilenet-train -m ...); "
+              f"this is one run with model.alpha={first.alpha}, model.resolution={first.resolution}",
+              file=sys.stderr, flush=True)
 
 
 def _remove_if_empty_run(run_dir: Path) -> None:

@@ -366,7 +366,10 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict:
     metrics_path = run_dir / "metrics.jsonl"
     writer = None
     config = OmegaConf.to_container(cfg, resolve=True)
-    identity = {"alpha": args.alpha, "resolution": args.resolution, "variant": args.variant, **complexity}
+    # Every metrics line names its model, data and planned length, so a report needs nothing else
+    # (mobilenet-report marks a run whose last epoch < epochs_total as still in progress).
+    identity = {"alpha": args.alpha, "resolution": args.resolution, "variant": args.variant, **complexity,
+                "dataset": cfg.data.name, "epochs_total": epochs}
     if dist_info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if ckpt is not None:
@@ -430,7 +433,7 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict:
         if dist_info.is_main:
             writer.add_hparams(
                 {"alpha": args.alpha, "resolution": args.resolution, "variant": args.variant,
-                 "mult_adds": complexity["mult_adds"], "params": complexity["params"],
+                 "mult_adds": complexity["mult_adds"], "params": complexity["params"], "dataset": cfg.data.name,
                  "optimizer": cfg.optim.name, "batch_size": global_batch, "epochs": epochs},
                 {"hparam/val_top1": last_metrics.get("val_top1", float("nan")),
                  "hparam/val_top5": last_metrics.get("val_top5", float("nan")),
