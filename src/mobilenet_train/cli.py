@@ -168,6 +168,7 @@ def eval_config(ckpt: dict, overrides: dict) -> tuple[DictConfig, dict]:
             raise UserError(f"the checkpoint's model has {key}={stored[name]} but the override says {key}={value}: "
                             f"drop the override (the model is rebuilt from the checkpoint)")
     cfg = OmegaConf.create(ckpt["config"])
+    cfg.data.setdefault("eval_preset", "default")  # checkpoints from before the presets existed
     OmegaConf.set_struct(cfg, True)
     for key, value in overrides.items():
         try:

@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from .errors import UserError, fail
 
@@ -103,8 +104,9 @@ def _split_overrides(items: list[str]) -> tuple[bool, dict, list[str]]:
                 raise UserError(f"{key} is read from the weights file and cannot be set; settable: "
                                 f"{', '.join('model.' + k for k in FREE_MODEL_KEYS)}")
             model_opts[name] = value
-        elif key == "data.num_classes":
-            raise UserError("data.num_classes is read from the weights file (use keep_background=true for 1001)")
+        elif key in ("data.num_classes", "data.normalization"):
+            raise UserError(f"{key} is read from the weights file and cannot be set"
+                            f"{' (keep_background=true gives 1001 classes)' if key == 'data.num_classes' else ''}")
         else:
             config_overrides.append(item)
     return keep_background, model_opts, config_overrides
@@ -115,6 +117,7 @@ def import_weights(sources: list[str], out: str, override_items: list[str] = ())
     from .checkpoint import save_checkpoint
     from .cli import compose_config
     from .complexity import measure_complexity
+    from .data import EVAL_PRESETS
     from .model import ModelArgs
     from .weights import to_model
 
@@ -148,9 +151,11 @@ def import_weights(sources: list[str], out: str, override_items: list[str] = ())
     cfg = compose_config(overrides)
     job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     try:
-        config = OmegaConf.to_container(job, resolve=True)
-    except Exception as e:  # noqa: BLE001 - an override whose interpolation cannot resolve
+        config = OmegaConf.to_container(job, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as e:  # an override whose interpolation cannot resolve
         raise UserError(f"the configuration does not resolve: {e}") from None
+    if config["data"]["eval_preset"] not in EVAL_PRESETS:
+        raise UserError(f"data.eval_preset={config['data']['eval_preset']} is unknown: use one of {', '.join(EVAL_PRESETS)}")
     if ModelArgs.from_config(config["model"]) != args:
         raise UserError(f"the overrides {' '.join(config_overrides)} change the model the file describes: "
                         f"drop the model-related ones")
@@ -176,6 +181,7 @@ def import_weights(sources: list[str], out: str, override_items: list[str] = ())
 def import_cli(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog=PROG,
+        usage=f"{PROG} SRC [SRC ...] OUT.pt [key=value ...]",
         description="Import Google's MobileNet v1 weights (Keras HDF5, TF.js layers model, TF-Lite float or 8-bit) "
                     "as a mobilenet-train checkpoint.",
         epilog="SRC: a Keras .h5 weights file, a TF.js model.json (or its directory), or a .tflite file; a TF-Lite "
@@ -183,7 +189,8 @@ def import_cli(argv: list[str] | None = None) -> None:
                "model.resolution=N, model.padding=symmetric, model.dropout=P, and any config key to store "
                "(data.root=..., data.eval_preset=tf|keras|default).",
     )
-    parser.add_argument("paths", nargs="+", metavar="SRC ... OUT.pt [key=value ...]")
+    parser.add_argument("paths", nargs="+", metavar="SRC|OUT.pt|key=value",
+                        help="the source file(s), then the output checkpoint; overrides anywhere")
     ns = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     # key=value items may come anywhere; everything else is a path, the last one the output.
