@@ -18,7 +18,8 @@ from conftest import run_cli, shared_or_skip
 from mobilenet_train.checkpoint import load_checkpoint
 from mobilenet_train.cli import run_eval
 from mobilenet_train.engine import model_from_checkpoint
-from mobilenet_train.importer import import_weights
+from mobilenet_train.errors import UserError
+from mobilenet_train.importer import import_cli, import_weights
 from test_cli_errors import assert_one_line_error
 
 KERAS_DIR = ("weights", "keras-tfjs-mobilenet_v1_0.75_224")
@@ -287,10 +288,10 @@ def test_keep_background(tmp_path):
 
 def test_split_model_pieces_must_chain_in_order(tmp_path):
     first, second = tflite_paths("1.0_224")
-    proc = run_cli("mobilenet-import", second, first, str(tmp_path / "out.pt"), cwd=tmp_path, check=False)
-    assert_one_line_error(proc, "does not continue", "in order")
-    proc = run_cli("mobilenet-import", first, str(tmp_path / "out.pt"), cwd=tmp_path, check=False)
-    assert_one_line_error(proc, "27", "all pieces")
+    with pytest.raises(UserError, match="does not continue .* in order"):
+        import_weights([second, first], str(tmp_path / "out.pt"))
+    with pytest.raises(UserError, match="27 and 1: .* all pieces"):
+        import_weights([first], str(tmp_path / "out.pt"))
     assert not (tmp_path / "out.pt").exists()
 
 
@@ -478,6 +479,16 @@ def _odd_width_h5(tmp_path):
     return [path]
 
 
+def import_error(capsys, *argv: str) -> str:
+    """mobilenet-import's entry point in this process: exit status 2 and one line on stderr."""
+    with pytest.raises(SystemExit) as exc:
+        import_cli(list(argv))
+    assert exc.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("mobilenet-import: error:"), lines
+    return lines[0]
+
+
 @pytest.mark.parametrize("make,needles", [
     (_not_mobilenet_h5, ["no layers conv1 and conv_dw_1", "dense_1"]),
     (_not_mobilenet_tflite, ["LOGISTIC", "not a TF-slim MobileNet v1"]),
@@ -486,21 +497,22 @@ def _odd_width_h5(tmp_path):
     (_missing_shard, ["group29-shard1of1", "is missing"]),
     (_odd_width_h5, ["conv_pw_5", "200 output channels", "alpha=0.75 has 192"]),
 ], ids=["not-mobilenet-h5", "not-mobilenet-tflite", "truncated-tflite", "truncated-h5", "missing-shard", "odd-width"])
-def test_bad_input_is_one_line_and_no_output(make, needles, cli, tmp_path):
+def test_bad_input_is_one_line_and_no_output(make, needles, capsys, tmp_path):
     sources = make(tmp_path)
     out = tmp_path / "out" / "imported.pt"
-    proc = cli("mobilenet-import", *map(str, sources), str(out), cwd=tmp_path, check=False)
-    assert_one_line_error(proc, *needles)
+    line = import_error(capsys, *map(str, sources), str(out))
+    assert all(needle in line for needle in needles), line
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
-def test_bad_command_lines(cli, tmp_path):
+def test_bad_command_lines(cli, capsys, tmp_path):
     src = str(shared_or_skip(*TFLITE_DIR, "mobilenet_v1_0.25_128_quant.tflite"))
     out = str(tmp_path / "o.pt")
-    assert_one_line_error(cli("mobilenet-import", src, cwd=tmp_path, check=False), "the output file")
-    assert_one_line_error(cli("mobilenet-import", src, out, "model.alpha=0.5", cwd=tmp_path, check=False),
-                          "model.alpha", "read from the weights file")
-    assert_one_line_error(cli("mobilenet-import", src, out, "data.nope=1", cwd=tmp_path, check=False), "data.nope")
-    assert_one_line_error(cli("mobilenet-import", str(tmp_path / "none.h5"), out, cwd=tmp_path, check=False),
-                          "does not exist")
+    assert "the output file" in import_error(capsys, src)
+    assert "model.alpha is read from the weights file" in import_error(capsys, src, out, "model.alpha=0.5")
+    assert "data.nope" in import_error(capsys, src, out, "data.nope=1")
+    assert "data.eval_preset=nope is unknown" in import_error(capsys, src, out, "data.eval_preset=nope")
+    # The console script itself, from another directory: the same one line, no traceback.
+    proc = cli("mobilenet-import", str(tmp_path / "none.h5"), out, cwd=tmp_path, check=False)
+    assert_one_line_error(proc, "none.h5 does not exist")
     assert not (tmp_path / "o.pt").exists()
