@@ -84,3 +84,18 @@ def test_relu6_and_dropout_options():
 def test_bad_model_args_raise_user_error(bad):
     with pytest.raises(UserError):
         mobilenet_v1(**bad)
+
+
+def test_norm_none_carries_conv_biases_and_leaves_default_keys_alone():
+    default = mobilenet_v1(alpha=0.25, resolution=64).state_dict()
+    assert not any(k.endswith("conv.bias") for k in default)  # the default network is unchanged
+    assert "stem.bn.running_mean" in default and "blocks.12.pw.bn.weight" in default
+    folded = mobilenet_v1(alpha=0.25, resolution=64, norm="none")
+    keys = folded.state_dict().keys()
+    assert {k for k in keys if ".bn." in k} == set()
+    assert {k.removesuffix(".weight") for k in keys if k.endswith("conv.weight")} == \
+        {k.removesuffix(".bias") for k in keys if k.endswith("conv.bias")}
+    assert isinstance(folded.stem.bn, nn.Identity)
+    assert folded(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
+    with pytest.raises(UserError, match="model.norm"):
+        ModelArgs(norm="layer").validate()

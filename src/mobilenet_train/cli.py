@@ -16,7 +16,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from . import distributed
 from .errors import UserError, fail
@@ -109,7 +109,10 @@ def preflight(args: list[str]) -> None:
     try:
         first = ModelArgs.from_config(cfg.model)
         job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-        OmegaConf.to_container(job, resolve=True)  # every interpolation of the job's config resolves
+        # Every interpolation of the job's config resolves and no mandatory value (???) is missing.
+        OmegaConf.to_container(job, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as e:
+        raise UserError(f"{e.full_key} is required and has no value: pass {e.full_key}=...") from None
     except OmegaConfBaseException as e:
         raise UserError(_hydra_message(e)) from None
     multirun = any(a in _HYDRA_FLAGS for a in args)
@@ -197,6 +200,7 @@ def eval_config(ckpt: dict, overrides: dict) -> tuple[DictConfig, dict]:
             raise UserError(f"the checkpoint's model has {key}={stored[name]} but the override says {key}={value}: "
                             f"drop the override (the model is rebuilt from the checkpoint)")
     cfg = OmegaConf.create(ckpt["config"])
+    cfg.data.setdefault("eval_preset", "default")  # checkpoints from before the presets existed
     OmegaConf.set_struct(cfg, True)
     for key, value in overrides.items():
         try:
@@ -244,6 +248,7 @@ def run_eval(ckpt_path: str, override_items: list[str]) -> dict:
         "variant": args.variant,
         "use_ema": bool(opts["use_ema"]),
         "dataset": cfg.data.name,
+        "eval_preset": cfg.data.get("eval_preset", "default"),
         "data_root": str(cfg.data.root) if cfg.data.root else None,
         "split": cfg.data.val_split,
         "epoch": ckpt.get("epoch"),
@@ -277,7 +282,7 @@ def eval_cli(argv: list[str] | None = None) -> None:
     print(f"checkpoint  {r['checkpoint']}{' (EMA weights)' if r['use_ema'] else ''}")
     print(f"model       MobileNet v1 {r['variant']} alpha={r['alpha']} resolution={r['resolution']}: "
           f"{r['params'] / 1e6:.2f}M params, {r['mult_adds'] / 1e6:.1f}M mult-adds")
-    print(f"data        {r['dataset']} {r['split']} ({r['num_images']} images)")
+    print(f"data        {r['dataset']} {r['split']} ({r['num_images']} images, eval preset {r['eval_preset']})")
     print(f"top-1       {r['top1']:.2f}%")
     print(f"top-5       {r['top5']:.2f}%")
     print(f"loss        {r['loss']:.4f}")

@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from . import distributed
+from . import distributed, finetune
 from .checkpoint import atomic_write_text, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .complexity import format_count, measure_complexity
 from .data import DataBundle, DevicePreprocess, build_data
@@ -143,6 +143,7 @@ class TrainParts:
     prep: DevicePreprocess
     amp: torch.dtype | None
     ema: ModelEmaV3 | None
+    frozen_backbone: bool = False  # fine-tuning: only the classifier trains
 
 
 def train_one_epoch(parts: TrainParts, loader, state: TrainState, tcfg, epoch_desc: str,
@@ -151,6 +152,8 @@ def train_one_epoch(parts: TrainParts, loader, state: TrainState, tcfg, epoch_de
     """One pass over `loader` (from `state.batches_done` on); returns the epoch's train metrics."""
     p = parts
     p.train_model.train()
+    if p.frozen_backbone:
+        finetune.backbone_eval(p.model)
     device = p.prep.device
     accum = int(tcfg.accum_steps)
     log_every = max(1, int(tcfg.log_every_steps))
@@ -249,7 +252,7 @@ def train_one_epoch(parts: TrainParts, loader, state: TrainState, tcfg, epoch_de
 
 
 def _check_resume_matches(ckpt: dict, args: ModelArgs, cfg: DictConfig, path: Path) -> None:
-    stored = ckpt["model_args"]
+    stored = {**ModelArgs().to_dict(), **ckpt["model_args"]}  # keys added since count as their defaults
     diffs = [f"model.{k}={stored.get(k)} (config: {v})" for k, v in args.to_dict().items() if stored.get(k) != v]
     stored_optim = ckpt["config"].get("optim", {}).get("name")
     if stored_optim != cfg.optim.name:
@@ -301,6 +304,7 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict:
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
+    init = finetune.load_init(cfg)  # model.init: its architecture, and below its weights
     model, args = build_model(cfg.model)
     complexity = measure_complexity(model, args.resolution)
     epochs = int(tcfg.epochs)
@@ -312,6 +316,9 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict:
     ckpt_path = _resume_path(tcfg, run_dir)
     ckpt = load_checkpoint(ckpt_path) if ckpt_path else None
     if ckpt is not None:
+        if "optimizer" not in ckpt:
+            raise UserError(f"cannot resume from {ckpt_path}: it holds weights only (no training state); "
+                            f"start from it with +experiment=finetune model.init={ckpt_path}")
         _check_resume_matches(ckpt, args, cfg, ckpt_path)
         if ckpt["epoch"] >= epochs:
             log.info("run already finished: %d of %d epochs done, best val top-1 %.2f%% at epoch %d (%s). "
@@ -325,6 +332,8 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict:
     if steps_per_epoch < 1:
         raise UserError(f"one epoch has fewer than trainer.accum_steps={accum} batches: lower it or data.batch_size")
 
+    if init is not None and ckpt is None:  # a resumed run has its own weights
+        finetune.load_init_weights(model, init, cfg.model.init)
     if tcfg.get("sync_bn") and dist_info.enabled:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
@@ -352,15 +361,14 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict:
         set_rng_state(ckpt["rng"])
     scheduler.step_update(num_updates=state.step)
 
-    train_model: nn.Module = model
-    if dist_info.enabled:
-        train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    if tcfg.compile:
-        train_model = torch.compile(train_model)
+    # Fine-tuning may train only the classifier at first (after the optimizer has all parameters).
+    freeze_epochs = int(tcfg.get("freeze_backbone_epochs") or 0)
+    frozen = state.epoch < freeze_epochs
+    finetune.set_backbone_frozen(model, frozen)
+    train_model = _training_wrapper(model, dist_info, device, bool(tcfg.compile))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=float(cfg.optim.label_smoothing))
     prep = DevicePreprocess(cfg.data.normalization, device, bool(tcfg.channels_last))
-    parts = TrainParts(model, train_model, optimizer, scheduler, scaler, loss_fn, prep, amp, ema)
+    parts = TrainParts(model, train_model, optimizer, scheduler, scaler, loss_fn, prep, amp, ema, frozen)
 
     ckpt_dir = run_dir / "checkpoints"
     metrics_path = run_dir / "metrics.jsonl"
@@ -407,6 +415,13 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict:
     try:
         while state.epoch < epochs:
             epoch = state.epoch
+            if parts.frozen_backbone and epoch >= freeze_epochs:
+                log.info("epoch %d: the backbone trains from now on (trainer.freeze_backbone_epochs=%d)",
+                         epoch + 1, freeze_epochs)
+                finetune.set_backbone_frozen(model, False)
+                parts.frozen_backbone = False
+                # DDP registers the trainable parameters when built, so build the wrapper again.
+                parts.train_model = _training_wrapper(model, dist_info, device, bool(tcfg.compile))
             data.train_loader.sampler.set_epoch(epoch, start=state.batches_done * data.train_loader.batch_size)
             desc = f"epoch {epoch + 1}/{epochs}"
             train_metrics = train_one_epoch(parts, data.train_loader, state, tcfg, desc, writer, progress, dist_info,
@@ -445,6 +460,18 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict:
         if writer is not None:
             writer.close()
     return last_metrics
+
+
+def _training_wrapper(model: nn.Module, dist_info: distributed.DistInfo, device: torch.device,
+                      compile_model: bool) -> nn.Module:
+    """What the loop calls: the model, DDP-wrapped when distributed, compiled if asked."""
+    train_model: nn.Module = model
+    if dist_info.enabled:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if compile_model:
+        train_model = torch.compile(train_model)
+    return train_model
 
 
 def _log_epoch(metrics: dict, writer: SummaryWriter, metrics_path: Path, desc: str) -> None:

@@ -7,6 +7,8 @@
 Every width is int(alpha * C) (``round_to=8`` rounds to a multiple of 8 instead).
 ``padding='tf_same'`` reproduces TensorFlow's SAME padding (stride-2 convs pad 0 on
 top/left and 1 on bottom/right for even inputs), needed to run Google's released weights.
+``norm='none'`` drops BN and gives every conv a bias instead: the form of TF-Lite models,
+whose BN is folded into the conv weights and biases.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ BLOCKS: tuple[tuple[int, int], ...] = (
 # Table 5's "shallow" network drops the five 14x14x512 separable blocks (indices 6..10).
 SHALLOW_REMOVED = range(6, 11)
 VARIANTS = ("separable", "conv", "shallow")
+NORMS = ("batchnorm", "none")
 NUM_STRIDE2 = 5  # the stem plus four stride-2 blocks: the output is input / 32
 
 
@@ -56,6 +59,7 @@ class ModelArgs:
     padding: str = "symmetric"
     round_to: int = 1
     min_channels: int = 8
+    norm: str = "batchnorm"
     bn_momentum: float = 0.1
     bn_eps: float = 1e-5
 
@@ -82,6 +86,8 @@ class ModelArgs:
             raise UserError(f"model.variant={self.variant} is unknown: use one of {', '.join(VARIANTS)}")
         if self.activation not in ("relu", "relu6"):
             raise UserError(f"model.activation={self.activation} is unknown: use relu or relu6")
+        if self.norm not in NORMS:
+            raise UserError(f"model.norm={self.norm} is unknown: use batchnorm, or none (conv biases, BN folded in)")
         if self.padding not in ("symmetric", "tf_same"):
             raise UserError(f"model.padding={self.padding} is unknown: use symmetric or tf_same")
         if not isinstance(self.num_classes, int) or self.num_classes < 1:
@@ -138,15 +144,22 @@ class Conv2dTFSame(nn.Conv2d):
 
 
 class ConvBNAct(nn.Module):
-    """conv -> BatchNorm -> ReLU/ReLU6: the unit every layer of Table 1 is made of."""
+    """conv -> BatchNorm -> ReLU/ReLU6: the unit every layer of Table 1 is made of.
+
+    With ``norm='none'`` the BN is an identity and the conv carries a bias (BN folded in).
+    """
 
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int, stride: int, groups: int, args: ModelArgs):
         super().__init__()
+        bias = args.norm == "none"
         if args.padding == "tf_same" and kernel_size > 1:
-            self.conv = Conv2dTFSame(in_ch, out_ch, kernel_size, stride, groups=groups, bias=False)
+            self.conv = Conv2dTFSame(in_ch, out_ch, kernel_size, stride, groups=groups, bias=bias)
         else:
-            self.conv = nn.Conv2d(in_ch, out_ch, kernel_size, stride, kernel_size // 2, groups=groups, bias=False)
-        self.bn = nn.BatchNorm2d(out_ch, eps=args.bn_eps, momentum=args.bn_momentum)
+            self.conv = nn.Conv2d(in_ch, out_ch, kernel_size, stride, kernel_size // 2, groups=groups, bias=bias)
+        if bias:
+            self.bn = nn.Identity()
+        else:
+            self.bn = nn.BatchNorm2d(out_ch, eps=args.bn_eps, momentum=args.bn_momentum)
         self.act = nn.ReLU6(inplace=True) if args.activation == "relu6" else nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
