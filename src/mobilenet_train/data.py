@@ -55,8 +55,8 @@ class CentralFractionCrop(torch.nn.Module):
     """tf.image.central_crop: keep the central `fraction` of each side, whatever the aspect.
 
     Sides are rounded to whole pixels and centred as torchvision's center_crop does; this
-    reproduces the reference accuracies of Google's models to 0.2 points (TensorFlow's own
-    truncated offsets move single images by a pixel, which on 1000 images is worth ~0.4).
+    reproduces the reference accuracies of Google's models (../shared) to 0.2 points, where
+    TensorFlow's truncated offsets (one pixel off for some images) land 0.3-0.4 points away.
     """
 
     def __init__(self, fraction: float):
@@ -72,8 +72,9 @@ class CentralFractionCrop(torch.nn.Module):
 #   default  resize the shorter side to resolution / eval_crop_fraction, centre crop (aspect kept)
 #   tf       TF-slim's eval: central eval_crop_fraction (87.5%) of the whole image, bilinear
 #            resize to resolution x resolution (aspect not kept); what Google's models were scored with
-#   keras    keras.utils.image_dataset_from_directory / load_img(target_size): the whole image
-#            bilinearly resized to resolution x resolution, no crop
+#   keras    framed as keras.utils.image_dataset_from_directory(image_size=...) loads images: the
+#            whole image bilinearly resized to resolution x resolution, no crop
+# tf and keras resample with PIL's antialiased bilinear filter, whatever data.interpolation says.
 EVAL_PRESETS = ("default", "tf", "keras")
 
 
