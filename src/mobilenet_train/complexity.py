@@ -19,18 +19,24 @@ def count_params(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def count_mult_adds(model: nn.Module, resolution: int) -> int:
-    """Multiply-accumulates of one forward pass of a single resolution x resolution image."""
+def counted_forward(model: nn.Module, resolution: int) -> tuple[torch.Tensor, FlopCounterMode]:
+    """One eval-mode forward pass of a single resolution x resolution image under a FlopCounterMode;
+    returns the logits and the counter (totals and per-module counts). Restores the model's mode."""
     param = next(model.parameters())
     x = torch.zeros(1, 3, resolution, resolution, device=param.device, dtype=param.dtype)
     was_training = model.training
     model.eval()
     try:
         with FlopCounterMode(display=False) as counter:
-            model(x)
+            logits = model(x)
     finally:
         model.train(was_training)
-    return counter.get_total_flops() // 2
+    return logits, counter
+
+
+def count_mult_adds(model: nn.Module, resolution: int) -> int:
+    """Multiply-accumulates of one forward pass of a single resolution x resolution image."""
+    return counted_forward(model, resolution)[1].get_total_flops() // 2
 
 
 def measure_complexity(model: nn.Module, resolution: int) -> dict:

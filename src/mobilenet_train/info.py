@@ -15,10 +15,9 @@ import sys
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from . import published
-from .complexity import count_params
+from .complexity import count_params, counted_forward
 from .errors import UserError, fail
 from .model import MobileNetV1, ModelArgs
 
@@ -59,15 +58,9 @@ def table1(model: MobileNetV1, resolution: int) -> list[dict]:
         if isinstance(m, (nn.Conv2d, nn.Linear, nn.AdaptiveAvgPool2d)):
             hooks.append(m.register_forward_hook(
                 lambda mod, inputs, out, name=name: seen.append((name, mod, tuple(inputs[0].shape), tuple(out.shape)))))
-    param = next(model.parameters())
-    x = torch.zeros(1, 3, resolution, resolution, device=param.device, dtype=param.dtype)
-    was_training = model.training
-    model.eval()
     try:
-        with FlopCounterMode(display=False) as counter:
-            logits = model(x)
+        logits, counter = counted_forward(model, resolution)
     finally:
-        model.train(was_training)
         for h in hooks:
             h.remove()
     flops = counter.get_flop_counts()  # per module path, children included in parents
