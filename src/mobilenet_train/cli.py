@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -20,9 +21,32 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from . import distributed
 from .errors import UserError, fail
+from .preemption import EXIT_PREEMPTED, Preempted, requeue_through_submitit
 
 CONFIG_MODULE = "mobilenet_train.configs"
 log = logging.getLogger("mobilenet_train")
+
+
+def _run_stamp() -> str:
+    """The last part of the default run dir: `slurm-<job id>` in a Slurm batch job, so that every
+    rank, node and requeued restart of the job names the same dir (and resumes from it), else a
+    timestamp. Interactive allocations (salloc) keep timestamps: each command there is a new run."""
+    from datetime import datetime
+
+    job = distributed.slurm_job_id()
+    if job and os.environ.get("SLURM_JOB_NAME") not in ("bash", "interactive", "sh"):
+        return f"slurm-{job}"
+    return datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+
+
+def _rank_zero_only(value):
+    """`value` on the main process, None on the others (Hydra then skips writing .hydra/)."""
+    return value if distributed.detect_launch().rank == 0 else None
+
+
+# Used by configs/train.yaml (hydra.run.dir, hydra.output_subdir); cached like Hydra's `now`.
+OmegaConf.register_new_resolver("mt_run_stamp", _run_stamp, use_cache=True, replace=True)
+OmegaConf.register_new_resolver("mt_rank_zero_only", _rank_zero_only, replace=True)
 
 # Hydra flags that are not overrides: with any of them we leave the command line to Hydra.
 _HYDRA_FLAGS = {"-m", "--multirun"}
@@ -129,6 +153,15 @@ def preflight(args: list[str]) -> None:
               file=sys.stderr, flush=True)
 
 
+def _leave_logs_to_rank_zero() -> None:
+    """Ranks other than 0 log to stderr only: one train.log per run, written by rank 0."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler):
+            root.removeHandler(handler)
+            handler.close()
+
+
 def _remove_if_empty_run(run_dir: Path) -> None:
     """Bad input found before training began: leave no half-made run dir behind."""
     if not run_dir.is_dir():
@@ -143,9 +176,20 @@ def _train_task(cfg: DictConfig) -> float | None:
     from .engine import fit
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    launch = distributed.detect_launch()
+    if launch.rank != 0:
+        _leave_logs_to_rank_zero()
     try:
         metrics = fit(cfg, run_dir)
         return metrics.get("val_top1")  # the value a Hydra sweeper optimises
+    except Preempted as e:
+        log.warning("%s", e)
+        distributed.cleanup()
+        if launch.rank == 0:
+            requeue_through_submitit(e.signum, e.previous_handlers)  # exits when submitit requeues
+        if launch.launcher == "submitit":
+            return None  # submitit's rank 0 requeues the whole job; the other tasks just end
+        sys.exit(EXIT_PREEMPTED)
     except UserError as e:
         _remove_if_empty_run(run_dir)
         fail("mobilenet-train", e)

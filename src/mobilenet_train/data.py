@@ -9,6 +9,7 @@ dataset, generated on first use) and `fake` (random tensors, for benchmarks).
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -200,9 +201,11 @@ class EpochSampler(Sampler[int]):
     samples of this rank's share (those already trained on before an interruption).
     """
 
-    def __init__(self, size: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1, pad: bool = True):
+    def __init__(self, size: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1, pad: bool = True,
+                 keyed: bool = False):
         self.size, self.shuffle, self.seed = size, shuffle, seed
         self.rank, self.world_size, self.pad = rank, world_size, pad
+        self.keyed = keyed  # yield (epoch, index) keys for `SeededSamples`
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
@@ -220,25 +223,53 @@ class EpochSampler(Sampler[int]):
         return order[self.rank :: self.world_size]
 
     def __iter__(self):
-        return iter(self._indices()[self.start :])
+        indices = self._indices()[self.start :]
+        return iter([(self.epoch, i) for i in indices] if self.keyed else indices)
 
     def __len__(self) -> int:
         share = math.ceil(self.size / self.world_size) if self.pad else len(range(self.rank, self.size, self.world_size))
         return max(share - self.start, 0)
 
 
-def _seed_worker(worker_id: int) -> None:
-    # torch seeds each worker; python's `random` (used by some transforms) must follow it.
-    import random
+class SeededSamples(Dataset):
+    """Augmentation as a pure function of (seed, epoch, index).
 
-    random.seed(torch.initial_seed() % 2**32)
+    Each sample is transformed under RNGs seeded from its key, so the random crop and flip of
+    an image do not depend on which worker, rank or restart produced it: a run resumed mid-epoch,
+    or spread over another number of processes, sees exactly the same augmented images.
+    The caller's RNG states are restored afterwards (with 0 workers that is the training process).
+    """
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getattr__(self, name):  # classes, samples, ... of the wrapped dataset
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, key):
+        epoch, index = key
+        sample_seed = (self.seed * 1_000_003 + epoch) * 100_000_007 + index
+        py_state = random.getstate()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed)
+            random.seed(sample_seed)
+            try:
+                return self.dataset[index]
+            finally:
+                random.setstate(py_state)
 
 
 def build_loader(dataset: Dataset, batch_size: int, train: bool, num_workers: int, seed: int,
                  rank: int = 0, world_size: int = 1, pin_memory: bool = False) -> DataLoader:
-    sampler = EpochSampler(len(dataset), shuffle=train, seed=seed, rank=rank, world_size=world_size, pad=train)
+    sampler = EpochSampler(len(dataset), shuffle=train, seed=seed, rank=rank, world_size=world_size, pad=train,
+                           keyed=train)
     return DataLoader(
-        dataset,
+        SeededSamples(dataset, seed) if train else dataset,
         batch_size=batch_size,
         sampler=sampler,
         num_workers=num_workers,
@@ -246,7 +277,9 @@ def build_loader(dataset: Dataset, batch_size: int, train: bool, num_workers: in
         drop_last=train,
         persistent_workers=num_workers > 0,
         prefetch_factor=4 if num_workers > 0 else None,
-        worker_init_fn=_seed_worker,
+        # The loader draws its workers' base seed from here, not from the global RNG, which
+        # would otherwise advance once per epoch (or once per restart) and shift dropout.
+        generator=torch.Generator().manual_seed(seed),
     )
 
 

@@ -11,6 +11,8 @@ import contextlib
 import json
 import logging
 import math
+import os
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -31,8 +33,11 @@ from .data import DataBundle, DevicePreprocess, build_data
 from .errors import TrainingDiverged, UserError
 from .model import MobileNetV1, ModelArgs, build_model
 from .optim import build_optimizer, build_scheduler, scaled_lr
+from .preemption import Preempted, StopRequest
 
 log = logging.getLogger("mobilenet_train")
+# Distributed runs compare stop flags (a signal on any rank) every this many optimizer steps.
+STOP_SYNC_EVERY = 10
 
 
 # ----------------------------------------------------------------------------- setup helpers
@@ -148,8 +153,15 @@ class TrainParts:
 
 def train_one_epoch(parts: TrainParts, loader, state: TrainState, tcfg, epoch_desc: str,
                     writer: SummaryWriter | None, progress: bool, dist_info: distributed.DistInfo,
-                    on_step_checkpoint=None) -> dict:
-    """One pass over `loader` (from `state.batches_done` on); returns the epoch's train metrics."""
+                    on_step_checkpoint=None, stop: StopRequest | None = None,
+                    epoch_totals: torch.Tensor | None = None) -> dict | None:
+    """One pass over `loader` (from `state.batches_done` on); returns the epoch's train metrics.
+
+    Returns None when `stop` was requested (a signal): the loop ends after a whole optimizer
+    step, with `state` saying exactly where, so that a checkpoint resumes at the next sample.
+    `epoch_totals` (device float64: loss x n, correct, n) accumulates this rank's epoch sums; a
+    resumed epoch passes in the sums saved mid-epoch so its train metrics cover the whole epoch.
+    """
     p = parts
     p.train_model.train()
     if p.frozen_backbone:
@@ -160,9 +172,9 @@ def train_one_epoch(parts: TrainParts, loader, state: TrainState, tcfg, epoch_de
     ckpt_every = int(tcfg.checkpoint_every_steps or 0)
     grad_clip = float(tcfg.grad_clip or 0.0)
 
-    # Device-side sums of (loss * n, correct); image counts stay on the host.
-    epoch_sums = torch.zeros(2, dtype=torch.float64, device=device)
-    window = torch.zeros(2, dtype=torch.float64, device=device)
+    # Device-side sums of (loss * n, correct, n): read only at log steps and at the end.
+    epoch_sums = epoch_totals if epoch_totals is not None else torch.zeros(3, dtype=torch.float64, device=device)
+    window = torch.zeros(3, dtype=torch.float64, device=device)
     epoch_images = 0
     window_start, window_data, window_images = time.perf_counter(), 0.0, 0
     epoch_start, epoch_data = time.perf_counter(), 0.0
@@ -185,7 +197,8 @@ def train_one_epoch(parts: TrainParts, loader, state: TrainState, tcfg, epoch_de
                 loss = p.loss_fn(logits, y)
             p.scaler.scale(loss / accum).backward()
         n = y.shape[0]
-        stats = torch.stack([loss.detach().double() * n, (logits.detach().argmax(1) == y).sum().double()])
+        stats = torch.stack([loss.detach().double() * n, (logits.detach().argmax(1) == y).sum().double(),
+                             torch.tensor(float(n), dtype=torch.float64, device=device)])
         window += stats
         epoch_sums += stats
         window_images += n
@@ -207,8 +220,7 @@ def train_one_epoch(parts: TrainParts, loader, state: TrainState, tcfg, epoch_de
 
             if state.step % log_every == 0:
                 # The one host sync of the interval.
-                loss_sum, correct = window.tolist()
-                count = window_images
+                loss_sum, correct, count = window.tolist()
                 if not math.isfinite(loss_sum):
                     bar.close()
                     raise TrainingDiverged(f"the training loss became {loss_sum / max(count, 1)} at step {state.step} "
@@ -233,19 +245,29 @@ def train_one_epoch(parts: TrainParts, loader, state: TrainState, tcfg, epoch_de
                 window_start, window_data, window_images = time.perf_counter(), 0.0, 0
             if ckpt_every and state.step % ckpt_every == 0 and on_step_checkpoint is not None:
                 on_step_checkpoint()
+            if stop is not None and _stop_now(stop, state.step, dist_info, device):
+                bar.close()
+                return None
         end = time.perf_counter()
     bar.close()
 
-    totals = torch.cat([epoch_sums, torch.tensor([float(epoch_images)], dtype=torch.float64, device=device)])
-    distributed.all_reduce_sum(totals)
+    totals = distributed.all_reduce_sum(epoch_sums.clone())
     loss_sum, correct, count = totals.tolist()
     if not math.isfinite(loss_sum):
         raise TrainingDiverged(f"the training loss became {loss_sum / max(count, 1)} in {epoch_desc}; stopped "
                                f"without writing a checkpoint. Lower optim.lr, set trainer.grad_clip, or use trainer.amp=none")
     elapsed = time.perf_counter() - epoch_start
     return {"train_loss": loss_sum / max(count, 1), "train_top1": 100 * correct / max(count, 1),
-            "images_per_sec": count / elapsed, "data_wait_share": epoch_data / elapsed,
+            "images_per_sec": epoch_images * dist_info.world_size / elapsed, "data_wait_share": epoch_data / elapsed,
             "epoch_time_s": elapsed, "lr": p.optimizer.param_groups[0]["lr"]}
+
+
+def _stop_now(stop: StopRequest, step: int, dist_info: distributed.DistInfo, device: torch.device) -> bool:
+    """Whether to stop after this step. Alone: the flag. Distributed: all ranks must agree, which
+    costs an all-reduce and a host sync, so they compare flags every STOP_SYNC_EVERY steps."""
+    if not dist_info.enabled:
+        return stop.requested
+    return step % STOP_SYNC_EVERY == 0 and distributed.any_rank(stop.requested, device)
 
 
 # ----------------------------------------------------------------------------- fit
@@ -290,10 +312,24 @@ def _trim_metrics(path: Path, completed_epochs: int) -> None:
 
 
 def fit(cfg: DictConfig, run_dir: str | Path) -> dict:
-    """Train `cfg` in `run_dir` (resuming if asked); returns the final metrics."""
-    run_dir = Path(run_dir)
+    """Train `cfg` in `run_dir` (resuming if asked); returns the final metrics.
+
+    Raises `Preempted` after writing a checkpoint when SIGUSR1/SIGUSR2/SIGTERM arrives.
+    """
+    with StopRequest() as stop:
+        return _fit(cfg, Path(run_dir), stop)
+
+
+def _fit(cfg: DictConfig, run_dir: Path, stop: StopRequest) -> dict:
     tcfg = cfg.trainer
-    dist_info = distributed.init_distributed("cuda" if torch.cuda.is_available() and tcfg.device != "cpu" else "cpu")
+    if tcfg.deterministic:
+        # Before CUDA starts: cuBLAS is only deterministic with a fixed workspace.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    dist_info = distributed.init_distributed("cuda" if torch.cuda.is_available() and tcfg.device != "cpu" else "cpu",
+                                             timeout_s=int(tcfg.get("dist_timeout_s") or 300))
+    if dist_info.enabled:
+        # Every rank must work in rank 0's run dir (a Hydra timestamp can differ by a second).
+        run_dir = Path(distributed.broadcast_object(str(run_dir)))
     device = resolve_device(tcfg.device, dist_info.local_rank)
     amp = autocast_dtype(tcfg.amp, device)
     progress = progress_enabled(tcfg.progress) and dist_info.is_main
@@ -301,8 +337,12 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict:
     if tcfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    if tcfg.get("sync_bn") and dist_info.enabled and device.type != "cuda":
+        raise UserError("trainer.sync_bn=true needs CUDA devices (PyTorch's SyncBatchNorm has no CPU kernel): "
+                        "drop it for CPU runs")
 
     init = finetune.load_init(cfg)  # model.init: its architecture, and below its weights
     model, args = build_model(cfg.model)
@@ -346,6 +386,7 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict:
     ema = ModelEmaV3(model, decay=float(tcfg.ema.decay), use_warmup=bool(tcfg.ema.warmup)) if tcfg.ema.enabled else None
 
     state = TrainState()
+    epoch_totals = torch.zeros(3, dtype=torch.float64)  # this rank's (loss x n, correct, n) of the epoch so far
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -357,9 +398,13 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict:
         state = TrainState(**{k: ckpt[k] for k in asdict(TrainState()) if k in ckpt})
         if ckpt.get("world_size", 1) != dist_info.world_size and state.batches_done:
             raise UserError(f"{ckpt_path} was written mid-epoch by {ckpt.get('world_size')} processes; resume it "
-                            f"with the same world size (now {dist_info.world_size})")
-        set_rng_state(ckpt["rng"])
+                            f"with the same world size (now {dist_info.world_size}), or from the epoch's start")
+        per_rank = ckpt.get("rng_per_rank") or []
+        set_rng_state(per_rank[dist_info.rank] if len(per_rank) == dist_info.world_size else ckpt["rng"])
+        if state.batches_done and len(ckpt.get("epoch_totals_per_rank") or []) == dist_info.world_size:
+            epoch_totals = torch.tensor(ckpt["epoch_totals_per_rank"][dist_info.rank], dtype=torch.float64)
     scheduler.step_update(num_updates=state.step)
+    epoch_totals = epoch_totals.to(device)
 
     # Fine-tuning may train only the classifier at first (after the optimizer has all parameters).
     freeze_epochs = int(tcfg.get("freeze_backbone_epochs") or 0)
@@ -398,6 +443,8 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict:
     last_metrics: dict = dict(ckpt.get("metrics", {})) if ckpt is not None else {}
 
     def save(finished_epoch: bool, is_best: bool = False) -> None:
+        # Called on every rank: each rank's RNG state goes into the checkpoint (dropout differs per rank).
+        per_rank = distributed.gather_objects((rng_state(), epoch_totals.tolist()))
         if not dist_info.is_main:
             return
         payload = {
@@ -406,7 +453,8 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict:
             **asdict(state), "finished": finished_epoch and state.epoch >= epochs,
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-            "rng": rng_state(), "world_size": dist_info.world_size,
+            "rng": per_rank[0][0], "rng_per_rank": [r for r, _ in per_rank], "world_size": dist_info.world_size,
+            "epoch_totals_per_rank": [t for _, t in per_rank],
         }
         save_checkpoint(ckpt_dir / "last.pt", payload)
         if is_best:
@@ -425,9 +473,18 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict:
             data.train_loader.sampler.set_epoch(epoch, start=state.batches_done * data.train_loader.batch_size)
             desc = f"epoch {epoch + 1}/{epochs}"
             train_metrics = train_one_epoch(parts, data.train_loader, state, tcfg, desc, writer, progress, dist_info,
-                                            on_step_checkpoint=lambda: save(False))
+                                            on_step_checkpoint=lambda: save(False), stop=stop,
+                                            epoch_totals=epoch_totals)
+            if train_metrics is None:  # a stop signal, after a whole step
+                save(False)
+                distributed.barrier()  # nobody exits before the checkpoint is on disk
+                log.info("stopped on %s at epoch %d, step %d (%d batches into the epoch): checkpoint %s",
+                         signal.Signals(stop.signum or signal.SIGTERM).name, epoch + 1, state.step,
+                         state.batches_done, ckpt_dir / "last.pt")
+                raise Preempted(stop.signum or signal.SIGTERM, ckpt_dir / "last.pt", stop.previous)
             state.epoch += 1
             state.batches_done = 0
+            epoch_totals.zero_()
             metrics = {"epoch": state.epoch, "step": state.step, **train_metrics}
             do_eval = state.epoch % max(1, int(tcfg.eval_every_epochs)) == 0 or state.epoch == epochs
             if do_eval:
@@ -445,6 +502,10 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict:
             if dist_info.is_main:
                 _log_epoch(metrics, writer, metrics_path, desc)
             save(True, is_best)
+            if state.epoch < epochs and distributed.any_rank(stop.requested, device):
+                distributed.barrier()
+                log.info("stopped on a signal after epoch %d: checkpoint %s", state.epoch, ckpt_dir / "last.pt")
+                raise Preempted(stop.signum or signal.SIGTERM, ckpt_dir / "last.pt", stop.previous)
         if dist_info.is_main:
             writer.add_hparams(
                 {"alpha": args.alpha, "resolution": args.resolution, "variant": args.variant,
