@@ -154,7 +154,9 @@ def preflight(args: list[str]) -> None:
 
 
 def _leave_logs_to_rank_zero() -> None:
-    """Ranks other than 0 log to stderr only: one train.log per run, written by rank 0."""
+    """Ranks other than 0 log only warnings and errors, to the console: one train.log per run,
+    written by rank 0, and no line printed once per process."""
+    log.setLevel(logging.WARNING)
     root = logging.getLogger()
     for handler in list(root.handlers):
         if isinstance(handler, logging.FileHandler):
