@@ -39,9 +39,9 @@ def slurm_env(cache_dir):
     if not shutil.which("sinfo"):
         pytest.skip("no Slurm client (sinfo) on PATH: start one with scripts/slurm/local_cluster.sh start")
     try:
-        state = subprocess.run(["sinfo", "-h", "-o", "%t"], env=env, capture_output=True, text=True, timeout=20)
+        state = subprocess.run(["sinfo", "-h", "-o", "%t"], env=env, capture_output=True, text=True, timeout=10)
     except subprocess.TimeoutExpired:
-        pytest.skip("sinfo did not answer within 20 s")
+        pytest.skip("sinfo did not answer within 10 s")
     if state.returncode != 0 or not re.search(r"idle|mix|alloc", state.stdout):
         pytest.skip(f"no Slurm cluster answers (sinfo: {(state.stderr or state.stdout).strip()[:200]})")
     # Generate the dataset once here, not inside two jobs at the same time.
