@@ -118,3 +118,17 @@ def test_sync_bn_on_cpu_is_refused_in_one_line(tmp_path):
                           timeout=300)
     assert proc.returncode != 0
     assert "mobilenet-train: error: trainer.sync_bn=true needs CUDA devices" in proc.stderr
+
+
+def test_mid_epoch_checkpoint_of_another_world_size_is_refused(trained_run, tmp_path):
+    from mobilenet_train.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(trained_run / "checkpoints" / "last.pt")
+    ckpt.update(epoch=1, batches_done=2, step=ckpt["step"] // 2, world_size=2, finished=False)
+    run = tmp_path / "run"
+    save_checkpoint(run / "checkpoints" / "last.pt", ckpt)
+    proc = subprocess.run([str(BIN / "mobilenet-train"), *TINY, "trainer.epochs=2", f"hydra.run.dir={run}"],
+                          cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2
+    assert "was written mid-epoch by 2 processes; resume it with the same world size (now 1)" in proc.stderr
