@@ -132,3 +132,25 @@ def test_mid_epoch_checkpoint_of_another_world_size_is_refused(trained_run, tmp_
                           timeout=300)
     assert proc.returncode == 2
     assert "was written mid-epoch by 2 processes; resume it with the same world size (now 1)" in proc.stderr
+
+
+def test_submitit_local_launcher_runs_a_two_task_job(tmp_path):
+    """Hydra's submitit launcher, local executor: 2 tasks of one job form a 2-rank gloo group
+    from submitit's environment and train one run to the end."""
+    import json
+
+    from mobilenet_train.checkpoint import load_checkpoint
+
+    sweep = tmp_path / "multirun"
+    proc = subprocess.run([str(BIN / "mobilenet-train"), "-m", "hydra/launcher=submitit_local",
+                           "hydra.launcher.tasks_per_node=2", "hydra.launcher.timeout_min=10", *TINY,
+                           "trainer.device=cpu", f"hydra.sweep.dir={sweep}"], cwd=tmp_path,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (run,) = [p for p in sweep.iterdir() if (p / "metrics.jsonl").exists()]
+    assert run.name == "0_quickstart"
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["val_num_images"] == 80  # rank 0 wrote once, sums over ranks
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert ckpt["world_size"] == 2 and len(ckpt["rng_per_rank"]) == 2 and ckpt["step"] == 240 // 40
+    assert "x 2 processes" in (run / "train.log").read_text()
