@@ -4,7 +4,8 @@
 - sbatch scripts/slurm/train.sbatch with 2 tasks (gloo) trains to completion;
 - the same job sent `scancel --signal=USR1 --batch` mid-epoch checkpoints, requeues itself, resumes
   and ends with the weights and metrics of the uninterrupted job;
-- `mobilenet-train -m hydra/launcher=submitit_slurm` submits a 2-run sweep as one job array.
+- `mobilenet-train -m hydra/launcher=submitit_slurm` submits a 2-run sweep as one job array;
+- a job of the shipped `hydra/launcher=slurm` sent USR2 mid-epoch is requeued by submitit and resumes.
 """
 
 from __future__ import annotations
@@ -133,3 +134,30 @@ def test_submitit_slurm_launcher_runs_a_sweep_as_a_job_array(slurm_env, tmp_path
     # One job array: every submitit job folder is <array id>_<task>.
     jobs = sorted(p.name for p in (sweep / ".submitit").iterdir() if re.fullmatch(r"\d+_\d+", p.name))
     assert len(jobs) == 2 and len({j.split("_")[0] for j in jobs}) == 1, jobs
+
+
+def test_submitit_launcher_job_preempted_requeues_through_submitit_and_resumes(slurm_env, tmp_path):
+    """USR2 (submitit's warning signal) mid-epoch: both tasks stop after a step, rank 0 writes
+    last.pt, submitit pickles the job again and requeues it, and the restart resumes there."""
+    sweep = tmp_path / "multirun"
+    cmd = [str(BIN / "mobilenet-train"), "-m", "hydra/launcher=slurm", "hydra.launcher.tasks_per_node=2",
+           "hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=15",
+           *JOB, f"hydra.sweep.dir={sweep}"]
+    launcher = subprocess.Popen(cmd, cwd=tmp_path, env=slurm_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+    try:
+        log = sweep / "0_quickstart" / "train.log"
+        wait_for(lambda: log.exists() and "epoch 1/2 step 3:" in log.read_text(), 240, "step 3")
+        job_id = next(p.name for p in (sweep / ".submitit").iterdir() if p.name.isdigit())
+        subprocess.run(["scancel", "--signal=USR2", job_id], env=slurm_env, check=True, timeout=30)
+        wait_for(lambda: job_state(slurm_env, job_id) == "PENDING", 120, "the job to be requeued", log)
+        subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=slurm_env, check=True, timeout=30)
+        out, _ = launcher.communicate(timeout=300)
+    finally:
+        launcher.kill()
+    assert launcher.returncode == 0, out[-3000:]
+    text = log.read_text()
+    assert "handing over to submitit to requeue the job" in text
+    assert re.search(r"resumed from .* epoch 0, step \d+, \d+ batches into the epoch", text)
+    ckpt = load_checkpoint(sweep / "0_quickstart" / "checkpoints" / "last.pt")
+    assert ckpt["finished"] and ckpt["step"] == 60 and ckpt["world_size"] == 2
