@@ -279,6 +279,7 @@ class Sample(tuple):
     """(image, target) from a dataset, carrying the (path, reason) of images it replaced."""
 
     bad: tuple = ()
+    path: str = ""
 
     def __new__(cls, image, target, bad=()):
         self = super().__new__(cls, (image, target))
@@ -324,7 +325,7 @@ def collate(samples: list) -> Batch:
 
 
 class EncodedSample(Sample):
-    path: str = ""
+    """An encoded file (1-D uint8) for data.decode=gpu."""
 
 
 def read_encoded(path: str) -> torch.Tensor:
@@ -385,28 +386,32 @@ class ImageFiles(datasets.ImageFolder):
     def load(self, index: int):
         path, target = self.samples[index]
         if self.encoded:
-            sample = EncodedSample(read_encoded(path), target)
-            sample.path = path
-            return sample
+            return read_encoded(path), target
         with Image.open(path) as img:
             return self.transform(img), target
 
+    def describe(self, index: int) -> str:
+        return self.samples[index][0]
+
     def __getitem__(self, index: int) -> Sample:
-        bad = []
-        n = len(self.samples)
-        for attempt in range(REPLACEMENT_TRIES):
-            try:
-                image, target = self.load(index)
-                return _with_bad(image, target, bad, self.encoded)
-            except Exception as e:  # noqa: BLE001 - any decode failure: replace the sample
-                bad.append((self.samples[index][0], describe_error(e)))
-                index = (index * 7919 + 104729 + attempt) % n  # another sample, the same in every run
-        return Sample(blank_like(self.transform), self.samples[index][1], bad)
+        return load_with_replacement(self, index)
 
 
-def _with_bad(image, target, bad, encoded: bool) -> Sample:
-    sample = (EncodedSample if encoded else Sample)(image, target, bad)
-    return sample
+def load_with_replacement(dataset, index: int) -> Sample:
+    """dataset.load(index), or when that fails the next sample that loads; the failures ride along."""
+    bad = []
+    n = len(dataset)
+    for attempt in range(REPLACEMENT_TRIES):
+        try:
+            image, target = dataset.load(index)
+            sample = (EncodedSample if dataset.encoded else Sample)(image, target, bad)
+            sample.path = dataset.describe(index)
+            return sample
+        except Exception as e:  # noqa: BLE001 - any decode failure: replace the sample
+            bad.append((dataset.describe(index), describe_error(e)))
+            index = (index * 7919 + 104729 + attempt) % n  # another sample, the same in every run
+    blank = torch.zeros(0, dtype=torch.uint8) if dataset.encoded else blank_like(dataset.transform)
+    return (EncodedSample if dataset.encoded else Sample)(blank, 0, bad)
 
 
 def resolve_root(data_cfg) -> Path:
