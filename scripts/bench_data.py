@@ -11,8 +11,9 @@ first --images images. Baseline: ImageFolder + PIL (full decode, convert RGB) + 
 RandomResizedCrop / RandomHorizontalFlip (eval: Resize / CenterCrop) + ToImage / ToDtype(float)
 / Normalize, default collate. Toolkit: mobilenet_train.data's transforms and collate (draft
 decode, crop before resize, uint8 NHWC). Shards (with --shards or --pack): the same toolkit
-transforms reading `mobilenet-data pack` shards. Runs go B T [S] B T [S] ...; the printed
-ratio is the median of the per-round ratios. Set OMP_NUM_THREADS=1 and check the load first.
+transforms reading `mobilenet-data pack` shards. Runs go B T [S] [S] T B ...; the printed
+ratio is the median of the per-chunk ratios (--chunk images per timed run, the order
+reversed every other chunk), so a changing machine load hits both sides alike. Set OMP_NUM_THREADS=1 and check the load first.
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--images", type=int, default=0, help="first N images only (default: all)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--resolutions", type=int, nargs="+", default=[224, 128])
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds per measurement")
+    parser.add_argument("--repeats", type=int, default=3, help="passes over the images")
+    parser.add_argument("--chunk", type=int, default=100, help="images per timed run: pipelines alternate every chunk")
     parser.add_argument("--min-crop-area", type=float, default=0.25, help="RandomResizedCrop scale (both pipelines)")
     parser.add_argument("--shards", type=Path, default=None, help="shards written by mobilenet-data pack of DIR")
     parser.add_argument("--pack", action="store_true", help="pack DIR into temporary shards first (--max-side 320 --quality 90)")
@@ -112,36 +114,47 @@ def main(argv=None) -> dict:
             base_set = datasets.ImageFolder(str(root / split), transform=baseline_transform(train, res, ns.min_crop_area))
             kit_set = image_folder(root, split, train_transform(cfg, res) if train else eval_transform(cfg, res))
             n = min(ns.images or len(base_set), len(base_set))
-            loaders = {
-                "baseline": DataLoader(Subset(base_set, range(n)), batch_size=ns.batch, shuffle=False, num_workers=0),
-                "toolkit": DataLoader(Subset(kit_set, range(n)), batch_size=ns.batch, shuffle=False, num_workers=0,
-                                      collate_fn=collate),
-            }
+            chunks = [range(i, min(i + ns.chunk, n)) for i in range(0, n, ns.chunk)]
+            transform = train_transform(cfg, res) if train else eval_transform(cfg, res)
+
+            def loaders(c: int, chunk: range) -> dict:
+                out = {"baseline": DataLoader(Subset(base_set, chunk), batch_size=ns.batch, num_workers=0),
+                       "toolkit": DataLoader(Subset(kit_set, chunk), batch_size=ns.batch, num_workers=0, collate_fn=collate)}
+                if shard_info and train:
+                    stream = ShardStream(shards_root, split, transform, buffer_size=256)
+                    stream.configure(batch_size=1, num_workers=0, seed=0, limit=len(chunk))
+                    stream.set_epoch(c)  # another part of the stream for every chunk
+                    out["shards"] = DataLoader(stream, batch_size=ns.batch, num_workers=0, collate_fn=collate)
+                elif shard_info:
+                    out["shards"] = DataLoader(Subset(shard_files, range(chunk.start, min(chunk.stop, len(shard_files)))),
+                                               batch_size=ns.batch, num_workers=0, collate_fn=collate)
+                return out
+
             if shard_info:
                 from mobilenet_train.shards import ShardFiles, ShardStream
 
-                transform = train_transform(cfg, res) if train else eval_transform(cfg, res)
-                if train:
-                    stream = ShardStream(shards_root, split, transform, buffer_size=256)
-                    stream.configure(batch_size=ns.batch, num_workers=0, seed=0, limit=n)
-                    loaders["shards"] = DataLoader(stream, batch_size=ns.batch, num_workers=0, collate_fn=collate)
-                else:
-                    files = ShardFiles(shards_root, split, transform)
-                    loaders["shards"] = DataLoader(Subset(files, range(min(n, len(files)))), batch_size=ns.batch,
-                                                   num_workers=0, collate_fn=collate)
-            speeds = {k: [] for k in loaders}
-            for _ in range(ns.repeats):
-                for name, loader in loaders.items():
-                    torch.manual_seed(0)
-                    elapsed, count = time_loader(loader)
-                    speeds[name].append(count / elapsed)
+                shard_files = None if train else ShardFiles(shards_root, split, transform)
+            times, counts, ratios = {}, {}, {}
+            for r in range(ns.repeats):
+                for c, chunk in enumerate(chunks):
+                    round_speed = {}
+                    items = list(loaders(c, chunk).items())
+                    for name, loader in (items if (r + c) % 2 == 0 else items[::-1]):  # B T S, then S T B
+                        torch.manual_seed(c)
+                        elapsed, count = time_loader(loader)
+                        times[name] = times.get(name, 0.0) + elapsed
+                        counts[name] = counts.get(name, 0) + count
+                        round_speed[name] = count / elapsed
+                    for name in round_speed:
+                        ratios.setdefault(name, []).append(round_speed[name] / round_speed["baseline"])
+            speeds = {k: counts[k] / times[k] for k in times}
             row = {"pipeline": "train" if train else "eval", "resolution": res, "images": n,
-                   **{f"{k}_images_per_sec": statistics.median(v) for k, v in speeds.items()},
-                   "ratio": statistics.median(t / b for t, b in zip(speeds["toolkit"], speeds["baseline"]))}
+                   **{f"{k}_images_per_sec": v for k, v in speeds.items()},
+                   "ratio": statistics.median(ratios["toolkit"])}
             line = (f"{row['pipeline']:<8}{res:>5}{n:>8}{row['baseline_images_per_sec']:>10.0f}"
                     f"{row['toolkit_images_per_sec']:>10.0f}{row['ratio']:>7.2f}x")
             if "shards" in speeds:
-                row["shards_ratio"] = statistics.median(s / b for s, b in zip(speeds["shards"], speeds["baseline"]))
+                row["shards_ratio"] = statistics.median(ratios["shards"])
                 line += f"{row['shards_images_per_sec']:>10.0f}{row['shards_ratio']:>7.2f}x"
             print(line, flush=True)
             results.append(row)

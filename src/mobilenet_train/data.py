@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +57,15 @@ REPLACEMENT_TRIES = 8
 Box = tuple[float, float, float, float]  # left, top, right, bottom in pixels of the original image
 
 
+def draft_scale(img: Image.Image, box: Box, size: tuple[int, int]) -> int:
+    """The JPEG downscale (1, 2, 4 or 8) `Image.draft` picks so that `box` still covers `size`."""
+    left, top, right, bottom = box
+    width, height = img.size
+    request = (math.ceil(width * size[0] / max(right - left, 1e-6)), math.ceil(height * size[1] / max(bottom - top, 1e-6)))
+    ratio = min(width // max(request[0], 1), height // max(request[1], 1))
+    return next((s for s in (8, 4, 2) if ratio >= s), 1)
+
+
 def decode_crop(img: Image.Image, box: Box, size: tuple[int, int], resample, draft: bool = True) -> Image.Image:
     """The `box` of `img` resized to `size` (w, h), as an RGB image; crop before resize.
 
@@ -77,6 +87,32 @@ def decode_crop(img: Image.Image, box: Box, size: tuple[int, int], resample, dra
     box = (max(left, 0.0), max(top, 0.0), min(right, width), min(bottom, height))
     out = img.resize(size, resample, box=box)
     return out if out.mode == "RGB" else out.convert("RGB")  # greyscale, CMYK -> RGB after the resize
+
+
+# torchvision 0.29 deprecates its image decoders (for TorchCodec) with a warning on every call.
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                        category=DeprecationWarning)
+
+
+def tensor_decode_crop(img: Image.Image, box: Box, size: tuple[int, int]) -> torch.Tensor | None:
+    """The crop via torchvision's libjpeg-turbo decode and uint8 antialiased resize (about 25%
+    faster than PIL's when no DCT downscale applies), or None where PIL must do it: not a plain
+    RGB/greyscale JPEG, or no end-of-image marker (a truncated file: PIL reports it, libjpeg would
+    fill it with grey)."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    if img.format != "JPEG" or img.mode not in ("RGB", "L") or getattr(img, "decoderconfig", ()) or img.fp is None:
+        return None
+    img.fp.seek(0)
+    data = img.fp.read()
+    if not data.rstrip(b"\0\r\n ")[-2:] == b"\xff\xd9":
+        return None
+    try:
+        image = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    except RuntimeError:
+        return None
+    left, top, right, bottom = (int(v) for v in box)
+    return v2.functional.resized_crop(image, top, left, bottom - top, right - left, [size[1], size[0]], antialias=True)
 
 
 def to_chw_uint8(img: Image.Image) -> torch.Tensor:
@@ -102,7 +138,12 @@ class FastRandomResizedCrop:
         return (left, top, left + w, top + h)
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
-        out = decode_crop(img, self.box(img), self.size, self.resample, self.draft)
+        box = self.box(img)
+        if self.resample == Image.Resampling.BILINEAR and (not self.draft or draft_scale(img, box, self.size) == 1):
+            out = tensor_decode_crop(img, box, self.size)
+            if out is not None:
+                return out.flip(-1) if self.hflip > 0 and torch.rand(1).item() < self.hflip else out
+        out = decode_crop(img, box, self.size, self.resample, self.draft)
         if self.hflip > 0 and torch.rand(1).item() < self.hflip:
             out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         return to_chw_uint8(out)
