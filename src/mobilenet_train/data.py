@@ -9,7 +9,8 @@ embedded dataset, generated on first use) and `fake` (random tensors, for benchm
 The decode path (`data.decode=cpu`): the crop is chosen on the image size read from the
 header, the JPEG decoder is asked for the smallest 1/2, 1/4 or 1/8 scale that still covers
 the crop at the output size (`Image.draft`, DCT-domain downscaling), and one PIL resize with
-a source box crops and resizes. Batches are stacked straight into shared memory as NHWC,
+a source box crops and resizes (train crops that allow no downscale are decoded by
+torchvision's libjpeg-turbo binding and resized as uint8 tensors, which is faster than PIL). Batches are stacked straight into shared memory as NHWC,
 i.e. already channels_last. `data.decode=gpu` moves the JPEG decode and the augmentation
 to the GPU (`GpuDecode`).
 
@@ -124,7 +125,8 @@ class FastRandomResizedCrop:
     """Train transform: RandomResizedCrop + horizontal flip on an opened, undecoded PIL image.
 
     The crop is drawn as torchvision's RandomResizedCrop draws it (`get_params`, the same
-    torch RNG calls), on the size from the image header; see `decode_crop` for the decode.
+    torch RNG calls), on the size from the image header. Where a DCT downscale applies, PIL
+    decodes with draft (`decode_crop`); elsewhere torchvision's decoder (`tensor_decode_crop`).
     """
 
     def __init__(self, resolution: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip: float = 0.5,
