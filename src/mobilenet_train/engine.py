@@ -231,9 +231,11 @@ def train_one_epoch(parts: TrainParts, loader, state: TrainState, tcfg, epoch_de
                 window_metrics = {"loss": loss_sum / count, "top1": 100 * correct / count, "lr": lr,
                                   "images_per_sec": window_images * dist_info.world_size / elapsed,
                                   "data_wait_share": window_data / elapsed}
+                bad = getattr(loader, "bad_images", 0)  # replaced unreadable images (data.ImageLoader)
+                window_metrics["bad_images"] = bad
                 bar.set_postfix(loss=f"{window_metrics['loss']:.3f}", lr=f"{lr:.2e}",
                                 img_s=f"{window_metrics['images_per_sec']:.0f}",
-                                data=f"{100 * window_metrics['data_wait_share']:.0f}%")
+                                data=f"{100 * window_metrics['data_wait_share']:.0f}%", **({"bad": bad} if bad else {}))
                 if writer is not None:
                     for k, v in window_metrics.items():
                         writer.add_scalar(f"train/{k}", v, state.step)
@@ -259,7 +261,8 @@ def train_one_epoch(parts: TrainParts, loader, state: TrainState, tcfg, epoch_de
     elapsed = time.perf_counter() - epoch_start
     return {"train_loss": loss_sum / max(count, 1), "train_top1": 100 * correct / max(count, 1),
             "images_per_sec": epoch_images * dist_info.world_size / elapsed, "data_wait_share": epoch_data / elapsed,
-            "epoch_time_s": elapsed, "lr": p.optimizer.param_groups[0]["lr"]}
+            "epoch_time_s": elapsed, "lr": p.optimizer.param_groups[0]["lr"],
+            "bad_images": getattr(loader, "bad_images", 0)}
 
 
 def _stop_now(stop: StopRequest, step: int, dist_info: distributed.DistInfo, device: torch.device) -> bool:
