@@ -170,8 +170,8 @@ def bench_model(ckpt_path: Path, opts: dict, workdir: Path, random_weights: bool
     """Latency of one checkpoint's model through every chosen backend, precision, thread count and batch."""
     from .checkpoint import load_checkpoint
     from .engine import model_from_checkpoint
-    from .export import (INT8_MIN_COSINE, deploy_model, export, generated_images, onnx_session, require,
-                         set_executorch_threads)
+    from .export import (INT8_MIN_COSINE, deploy_model, executorch_method, export, generated_images, onnx_session,
+                         require, set_executorch_threads)
 
     ckpt = load_checkpoint(ckpt_path)
     backends = _parse_backends(opts["backends"])
@@ -205,10 +205,7 @@ def bench_model(ckpt_path: Path, opts: dict, workdir: Path, random_weights: bool
             elif fmt == "onnx":
                 fns[(fmt, precision)] = (onnx_session(files[(fmt, precision)], threads), False)
             else:
-                from executorch.runtime import Runtime
-
-                method = Runtime.get().load_program(str(files[(fmt, precision)])).load_method("forward")
-                fns[(fmt, precision)] = (lambda x, m=method: m.execute([x]), True)
+                fns[(fmt, precision)] = (executorch_method(files[(fmt, precision)], threads), False)
         if any(b == "executorch" for b, _ in backends):
             set_executorch_threads(threads)
         for batch in batches:
