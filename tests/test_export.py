@@ -45,8 +45,12 @@ def leftovers(folder):
     return sorted(p.name for p in folder.iterdir())
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "executorch"])
-@pytest.mark.parametrize("alpha,res", [(1.0, 64), (1.0, 96), (0.25, 64), (0.25, 96)])
+# ExecuTorch's lowering of alpha 1.0 takes ~25 s on the shared 2-core machine: one such case in the fast set.
+@pytest.mark.parametrize("fmt,alpha,res", [
+    *[("onnx", a, r) for a in (1.0, 0.25) for r in (64, 96)],
+    ("executorch", 1.0, 64), pytest.param("executorch", 1.0, 96, marks=pytest.mark.slow),
+    ("executorch", 0.25, 64), ("executorch", 0.25, 96),
+])
 def test_fp32_export_matches_pytorch(arch_ckpts, fmt, alpha, res, tmp_path):
     out = tmp_path / f"m{E.FORMATS[fmt]}"
     r = E.export(str(arch_ckpts[(alpha, res)]), fmt, out=str(out), num_verify=4, max_batch=4)
@@ -115,7 +119,7 @@ def test_cli_on_a_trained_run_int8_with_accuracy(trained_run, cli, tmp_path):
 
 
 def test_executorch_int8_export(arch_ckpts, tmp_path):
-    ckpt = arch_ckpts[(1.0, 64)]
+    ckpt = arch_ckpts[(0.25, 96)]
     r = E.export(str(ckpt), "executorch", "int8", out=str(tmp_path / "q.pte"), num_calibration=8, num_verify=4,
                  max_batch=4, min_cosine=0.5)
     assert r.precision == "int8" and r.verification["min_cosine"] >= 0.5
