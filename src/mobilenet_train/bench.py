@@ -22,6 +22,7 @@ measured on generated images, so activations (and int8 ranges) are realistic.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import platform
@@ -293,6 +294,40 @@ def run_latency(items: list[str], grid: bool) -> tuple[dict, Path]:
     return report, out
 
 
+def onnx_profile(path: Path, threads: int = 1, runs: int = 50, batch: int = 1) -> dict:
+    """Where an ONNX model's time goes in ONNX Runtime: per operator type, ms per run and share of the
+    node time (ONNX Runtime's own profiler; the first runs are warm-up and not counted)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.enable_profiling = True
+    with tempfile.TemporaryDirectory(prefix="mobilenet-profile-") as tmp:
+        options.profile_file_prefix = str(Path(tmp) / "ort")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        inp = session.get_inputs()[0]
+        x = np.random.default_rng(0).standard_normal((batch, *inp.shape[1:])).astype(np.float32)
+        warmup = 5
+        for _ in range(warmup + runs):
+            session.run(None, {inp.name: x})
+        events = json.loads(Path(session.end_profiling()).read_text())
+    runs_seen = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
+    start = runs_seen[warmup]["ts"] if len(runs_seen) > warmup else 0
+    by_op: dict[str, list] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") and e["ts"] >= start:
+            op = e.get("args", {}).get("op_name", "?")
+            by_op.setdefault(op, [0.0, 0])
+            by_op[op][0] += e["dur"] / 1e3
+            by_op[op][1] += 1
+    total = sum(v[0] for v in by_op.values()) or 1.0
+    wall = [e["dur"] / 1e3 for e in runs_seen[warmup:]]
+    ops = sorted(({"op": op, "ms_per_run": ms / runs, "share": ms / total, "nodes_per_run": n / runs}
+                  for op, (ms, n) in by_op.items()), key=lambda r: -r["ms_per_run"])
+    return {"model": str(path), "threads": threads, "batch": batch, "runs": runs,
+            "run_median_ms": statistics.median(wall) if wall else None, "ops": ops}
+
+
 def latency_table(report: dict) -> list[str]:
     lines = ["| model | backend | precision | threads | batch | median ms | p10 ms | p90 ms | images/s | × eager |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -315,13 +350,17 @@ def bench_cli(argv: list[str] | None = None) -> None:
                "num_calibration=N. Examples: mobilenet-bench latency outputs/run/checkpoints/best.pt; "
                "mobilenet-bench latency model.alpha=0.5 model.resolution=160; mobilenet-bench latency --grid runs=20",
     )
-    parser.add_argument("command", choices=["latency"])
+    parser.add_argument("command", choices=["latency", "profile"],
+                        help="latency: time the backends; profile MODEL.onnx [threads=N runs=N batch=N]: "
+                             "ONNX Runtime's per-operator profile of an exported file")
     parser.add_argument("items", nargs="*", metavar="CKPT|key=value")
     parser.add_argument("--grid", action="store_true", help=f"every alpha {GRID_ALPHAS} x resolution {GRID_RESOLUTIONS}")
     ns = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     log.setLevel(logging.INFO)
     try:
+        if ns.command == "profile":
+            return _profile_cli(ns.items)
         report, out = run_latency(ns.items, ns.grid)
     except UserError as e:
         fail(PROG, e)
@@ -329,6 +368,26 @@ def bench_cli(argv: list[str] | None = None) -> None:
     print(f"cpu         {m['cpu']}, {m['logical_cpus']} logical CPUs, load {m['loadavg_before']} -> {m['loadavg_after']}")
     print("\n".join(latency_table(report)))
     print(f"written     {out}")
+
+
+def _profile_cli(items: list[str]) -> None:
+    from .export import require
+
+    files = [i for i in items if "=" not in i]
+    opts = {"threads": "1", "runs": "50", "batch": "1", **dict(i.split("=", 1) for i in items if "=" in i)}
+    if len(files) != 1 or not files[0].endswith(".onnx") or not Path(files[0]).is_file():
+        raise UserError("profile takes one exported .onnx file (mobilenet-export CKPT --format onnx), e.g. "
+                        "mobilenet-bench profile best.onnx threads=1")
+    require("onnx")
+    try:
+        threads, runs, batch = (int(opts[k]) for k in ("threads", "runs", "batch"))
+    except ValueError:
+        raise UserError("threads=, runs= and batch= take integers") from None
+    p = onnx_profile(Path(files[0]), threads, runs, batch)
+    print(f"{p['model']}: batch {batch}, {threads} thread(s), median run {p['run_median_ms']:.2f} ms over {runs} runs")
+    print("| operator | ms per run | share of node time | nodes |\n|---|---:|---:|---:|")
+    for r in p["ops"]:
+        print(f"| {r['op']} | {r['ms_per_run']:.3f} | {100 * r['share']:.1f}% | {r['nodes_per_run']:.0f} |")
 
 
 if __name__ == "__main__":

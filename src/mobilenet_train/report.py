@@ -741,7 +741,8 @@ def report_cli(argv: list[str] | None = None) -> None:
     for s in skipped:
         print(f"{PROG}: skipped {s}", file=sys.stderr)
     print("\n".join(results_table(table)))
-    print(f"\n{len(table)} result(s); written: " + ", ".join(str(out / f) for f in OUTPUTS)
+    written = [*OUTPUTS, *([LATENCY_OUTPUT] if any(r.get("latency_threads") for r in table) else [])]
+    print(f"\n{len(table)} result(s); written: " + ", ".join(str(out / f) for f in written)
           + (f", {tb}" if tb is not None else ""))
 
 
