@@ -74,6 +74,27 @@ def test_batchnorm_is_folded(arch_ckpts):
     assert all(m.bias is not None for m in model.modules() if isinstance(m, torch.nn.Conv2d))
 
 
+def test_bias_correction_removes_the_mean_shift_of_int8_weights(arch_ckpts):
+    import copy
+
+    ckpt = load_checkpoint(arch_ckpts[(0.25, 96)])
+    model = E.deploy_model(ckpt)
+    x = E.generated_images(32, ckpt, seed=3)
+
+    def int8_weights(m):
+        m = copy.deepcopy(m)
+        for layer in m.modules():
+            if isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear)):
+                layer.weight += E.int8_weight_error(layer.weight)
+        return m
+
+    with torch.no_grad():
+        want = model(x).mean(0)
+        plain = (int8_weights(model)(x).mean(0) - want).abs().mean()
+        corrected = (int8_weights(E.correct_int8_bias(model, x))(x).mean(0) - want).abs().mean()
+    assert corrected < 0.5 * plain
+
+
 @pytest.mark.parametrize("fmt", ["onnx", "executorch"])
 def test_wrong_shaped_export_is_caught_and_nothing_left(arch_ckpts, fmt, tmp_path, monkeypatch):
     # Traced at 32 px, half the model's input: the runtime refuses the real input (ExecuTorch takes

@@ -324,8 +324,19 @@ def onnx_profile(path: Path, threads: int = 1, runs: int = 50, batch: int = 1) -
     wall = [e["dur"] / 1e3 for e in runs_seen[warmup:]]
     ops = sorted(({"op": op, "ms_per_run": ms / runs, "share": ms / total, "nodes_per_run": n / runs}
                   for op, (ms, n) in by_op.items()), key=lambda r: -r["ms_per_run"])
+    # MobileNet v1's convs run in order stem, then (depthwise, pointwise) x 13: split the conv time so.
+    convs = sorted((e for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")
+                    and e["ts"] >= start and "Conv" in e.get("args", {}).get("op_name", "")), key=lambda e: e["ts"])
+    per_run = len(convs) // runs if runs else 0
+    kinds: dict[str, float] = {}
+    if per_run and per_run % 2 == 1:
+        for i, e in enumerate(convs):
+            k = i % per_run
+            kind = "stem 3x3 conv" if k == 0 else ("depthwise 3x3" if k % 2 else "pointwise 1x1")
+            kinds[kind] = kinds.get(kind, 0.0) + e["dur"] / 1e3 / runs
     return {"model": str(path), "threads": threads, "batch": batch, "runs": runs,
-            "run_median_ms": statistics.median(wall) if wall else None, "ops": ops}
+            "run_median_ms": statistics.median(wall) if wall else None, "ops": ops,
+            "conv_kinds": [{"kind": k, "ms_per_run": v, "share": v * runs / total} for k, v in kinds.items()]}
 
 
 def latency_table(report: dict) -> list[str]:
@@ -388,6 +399,8 @@ def _profile_cli(items: list[str]) -> None:
     print("| operator | ms per run | share of node time | nodes |\n|---|---:|---:|---:|")
     for r in p["ops"]:
         print(f"| {r['op']} | {r['ms_per_run']:.3f} | {100 * r['share']:.1f}% | {r['nodes_per_run']:.0f} |")
+    for r in p["conv_kinds"]:
+        print(f"| of which {r['kind']} | {r['ms_per_run']:.3f} | {100 * r['share']:.1f}% | |")
 
 
 if __name__ == "__main__":
