@@ -74,25 +74,23 @@ def test_batchnorm_is_folded(arch_ckpts):
     assert all(m.bias is not None for m in model.modules() if isinstance(m, torch.nn.Conv2d))
 
 
-def test_bias_correction_removes_the_mean_shift_of_int8_weights(arch_ckpts):
-    import copy
-
-    ckpt = load_checkpoint(arch_ckpts[(0.25, 96)])
-    model = E.deploy_model(ckpt)
-    x = E.generated_images(32, ckpt, seed=3)
-
-    def int8_weights(m):
-        m = copy.deepcopy(m)
-        for layer in m.modules():
-            if isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear)):
-                layer.weight += E.int8_weight_error(layer.weight)
-        return m
-
-    with torch.no_grad():
-        want = model(x).mean(0)
-        plain = (int8_weights(model)(x).mean(0) - want).abs().mean()
-        corrected = (int8_weights(E.correct_int8_bias(model, x))(x).mean(0) - want).abs().mean()
-    assert corrected < 0.5 * plain
+def test_bias_correction_removes_the_mean_shift_of_int8_weights():
+    torch.manual_seed(0)
+    # No padding: zeros at the borders make the correction approximate there, exact elsewhere.
+    for layer, shape in [(torch.nn.Conv2d(8, 8, 3, groups=8), (64, 8, 10, 10)),
+                         (torch.nn.Conv2d(8, 16, 1), (64, 8, 10, 10)), (torch.nn.Linear(16, 10), (64, 16))]:
+        x = torch.rand(shape) + 0.5  # positive inputs, as after a ReLU: rounding shifts the mean
+        corrected = E.correct_int8_bias(torch.nn.Sequential(layer), x)[0]
+        with torch.no_grad():
+            dims = (0, 2, 3) if x.dim() == 4 else (0,)
+            want = layer(x).mean(dims)
+            shift = {}
+            for name, m in (("plain", layer), ("corrected", corrected)):
+                w = m.weight + E.int8_weight_error(m.weight)
+                out = (torch.nn.functional.linear(x, w, m.bias) if isinstance(m, torch.nn.Linear)
+                       else m._conv_forward(x, w, m.bias))
+                shift[name] = (out.mean(dims) - want).abs().max()
+        assert shift["corrected"] < 0.05 * shift["plain"], (layer, shift)
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "executorch"])
@@ -139,13 +137,15 @@ def test_cli_on_a_trained_run_int8_with_accuracy(trained_run, cli, tmp_path):
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops and "BatchNormalization" not in ops
 
 
-def test_executorch_int8_export(arch_ckpts, tmp_path):
-    ckpt = arch_ckpts[(0.25, 96)]
-    r = E.export(str(ckpt), "executorch", "int8", out=str(tmp_path / "q.pte"), num_calibration=8, num_verify=4,
-                 max_batch=4, min_cosine=0.5)
-    assert r.precision == "int8" and r.verification["min_cosine"] >= 0.5
-    fp32 = E.export(str(ckpt), "executorch", out=str(tmp_path / "f.pte"), num_verify=1, max_batch=4)
-    assert r.size_bytes < 0.5 * fp32.size_bytes  # int8 weights: about a quarter of fp32
+def test_executorch_int8_export(trained_run, tmp_path):
+    # Trained weights and real (shapes) images: random weights at alpha 0.25 quantise too erratically to check.
+    ckpt = trained_run / "checkpoints" / "best.pt"
+    r = E.export(str(ckpt), "executorch", "int8", out=str(tmp_path / "q.pte"), num_calibration=16, num_verify=8,
+                 max_batch=8)
+    assert r.precision == "int8" and r.verification["min_cosine"] >= E.INT8_MIN_COSINE
+    assert "of the checkpoint's data" in r.calibration
+    fp32 = E.export(str(ckpt), "executorch", out=str(tmp_path / "f.pte"), num_verify=1, max_batch=8)
+    assert r.size_bytes < 0.6 * fp32.size_bytes  # int8 weights
     assert E.read_metadata(tmp_path / "q.pte")["precision"] == "int8"
 
 

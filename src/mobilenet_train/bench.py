@@ -106,6 +106,7 @@ def random_checkpoint(overrides: list[str], path: Path) -> Path:
     cfg = compose_config(list(overrides))
     config = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
     args = ModelArgs.from_config(config["model"])
+    torch.manual_seed(0)  # the same weights every time
     model = MobileNetV1(args)
     stub = {"model_args": args.to_dict(), "config": config}
     for m in model.modules():
