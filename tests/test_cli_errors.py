@@ -13,7 +13,7 @@ def assert_one_line_error(proc, *needles, code=2):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
-    assert lines[0].startswith(("mobilenet-train: error:", "mobilenet-eval: error:", "mobilenet-import: error:")), lines[0]
+    assert lines[0].startswith(tuple(f"mobilenet-{c}: error:" for c in ("train", "eval", "import", "export", "bench"))), lines[0]
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
     return lines[0]

@@ -8,6 +8,11 @@ mobilenet-eval result (eval.json) under the given paths and writes, each file at
     report.csv                  the same rows, full precision
     accuracy_vs_mult_adds.png   Figure 4: top-1 against mult-adds (log x), one line per alpha
     accuracy_vs_params.png      Figure 5: top-1 against parameters (log x)
+    accuracy_vs_latency.png     top-1 against measured batch-1 latency, when latency.json files are found
+
+`mobilenet-bench latency` writes latency.json; every one found under the given paths adds latency
+columns to the runs of the same architecture (variant, alpha, resolution: latency does not depend
+on the weights) and a latency section to report.md. Columns: batch 1, 1 thread, median ms.
 
 A training run reports its best epoch by val top-1 (the one best.pt holds); a run that has not
 reached its planned epochs is marked as in progress. Bad input (a dir without runs, a corrupt
@@ -34,6 +39,9 @@ from .errors import UserError, fail
 
 PROG = "mobilenet-report"
 OUTPUTS = ("report.md", "report.csv", "accuracy_vs_mult_adds.png", "accuracy_vs_params.png")
+LATENCY_OUTPUT = "accuracy_vs_latency.png"  # written only when latency.json files are found
+LATENCY_FILE = "latency.json"
+LATENCY_THREADS = 1  # the table's latency columns: batch 1 on one thread (the most repeatable setting)
 TB_MARKER = ".mobilenet-report"  # marks a TensorBoard dir this command wrote (and may replace)
 SKIP_DIRS = {"tb", ".hydra", "__pycache__"}
 VARIANT_NAMES = {"separable": "MobileNet", "conv": "Conv MobileNet", "shallow": "Shallow MobileNet"}
@@ -179,6 +187,8 @@ def _is_run_dir(path: Path) -> bool:
 def _candidates(given: Path) -> list[tuple[str, Path]]:
     """("train", run dir) and ("eval", json file) under `given`, in a stable order."""
     if given.is_file():
+        if given.name == LATENCY_FILE:
+            return []  # read by find_latency
         if given.name == "metrics.jsonl":
             return [("train", given.parent)]
         if given.suffix == ".pt" and given.parent.name == "checkpoints":
@@ -216,7 +226,7 @@ def find_results(paths: list[str]) -> tuple[list[Result], list[str]]:
         except Skip as e:
             skipped.append(f"{text}: {e}")
             continue
-        if not candidates:
+        if not candidates and given.name != LATENCY_FILE:
             skipped.append(f"{text}: no runs under it (no metrics.jsonl, checkpoints/*.pt or eval.json)")
         for kind, target in candidates:
             if target.resolve() in seen:
@@ -234,6 +244,91 @@ def find_results(paths: list[str]) -> tuple[list[Result], list[str]]:
     order = {v: i for i, v in enumerate(VARIANT_NAMES)}
     results.sort(key=lambda r: (order.get(r.variant, len(order)), -r.alpha, -r.resolution, r.source, r.name))
     return results, skipped
+
+
+# ----------------------------------------------------------------------------- latency
+
+
+@dataclass
+class Latency:
+    """One model of a latency.json: the batch-1 medians at LATENCY_THREADS thread(s)."""
+
+    path: str
+    written: str
+    cpu: str
+    variant: str
+    alpha: float
+    resolution: int
+    eager_ms: float | None
+    fp32_ms: float | None
+    fp32_backend: str | None
+    int8_ms: float | None
+    int8_backend: str | None
+    threads: int
+
+    def key(self) -> tuple:
+        return self.variant, float(self.alpha), int(self.resolution)
+
+
+def _latency_files(paths: list[str]) -> list[Path]:
+    files = []
+    for text in paths:
+        given = Path(text)
+        if given.is_file() and given.name == LATENCY_FILE:
+            files.append(given)
+        elif given.is_dir():
+            for dirpath, dirnames, filenames in os.walk(given):
+                dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.startswith("."))
+                if LATENCY_FILE in filenames:
+                    files.append(Path(dirpath) / LATENCY_FILE)
+    return files
+
+
+def load_latency(path: Path) -> list[Latency]:
+    try:
+        data = json.loads(path.read_text(errors="replace"))
+    except json.JSONDecodeError as e:
+        raise Skip(f"not valid JSON ({e.msg})") from None
+    if not isinstance(data, dict) or data.get("format") != "mobilenet-bench-latency":
+        raise Skip("not a mobilenet-bench latency file (no 'mobilenet-bench-latency' format tag)")
+    out = []
+    for m in data.get("models", []):
+        rs = [r for r in m.get("results", []) if r.get("batch") == 1 and _number(r.get("median_ms"))]
+        threads = LATENCY_THREADS if any(r["threads"] == LATENCY_THREADS for r in rs) else min(
+            (r["threads"] for r in rs), default=LATENCY_THREADS)
+        rs = [r for r in rs if r["threads"] == threads]
+
+        def best(precision, exclude=()):
+            cands = [r for r in rs if r["precision"] == precision and r["backend"] not in exclude]
+            return min(cands, key=lambda r: r["median_ms"]) if cands else None
+
+        eager = next((r for r in rs if r["backend"] == "pytorch" and r["precision"] == "fp32"), None)
+        fp32, int8 = best("fp32", exclude=("pytorch",)), best("int8")
+        out.append(Latency(
+            path=str(path), written=str(data.get("written", "")), cpu=str((data.get("machine") or {}).get("cpu", "?")),
+            variant=str(m.get("variant", "separable")), alpha=float(m["alpha"]), resolution=int(m["resolution"]),
+            eager_ms=eager and eager["median_ms"], fp32_ms=fp32 and fp32["median_ms"],
+            fp32_backend=fp32 and fp32["backend"], int8_ms=int8 and int8["median_ms"],
+            int8_backend=int8 and int8["backend"], threads=threads))
+    return out
+
+
+def find_latency(paths: list[str]) -> tuple[dict[tuple, Latency], list[str]]:
+    """Architecture -> its latency (the newest file wins), and one message per unreadable file."""
+    found, skipped = {}, []
+    for path in _latency_files(paths):
+        try:
+            entries = load_latency(path)
+        except (Skip, KeyError, TypeError, ValueError) as e:
+            skipped.append(f"{path}: {e if isinstance(e, Skip) else 'not a complete latency file'}")
+            continue
+        except OSError as e:
+            skipped.append(f"{path}: cannot be read ({e.strerror or e})")
+            continue
+        for lat in entries:
+            if lat.key() not in found or lat.written >= found[lat.key()].written:
+                found[lat.key()] = lat
+    return found, skipped
 
 
 # ----------------------------------------------------------------------------- rows
@@ -285,11 +380,21 @@ CSV_COLUMNS = ["model", "variant", "alpha", "resolution", "name", "source", "dat
                "in_progress", "top1", "top5", "mult_adds", "params", "images_per_sec", "pareto_mult_adds",
                "pareto_params", "paper_tables", "paper_top1", "paper_top1_diff", "paper_mult_adds_m",
                "paper_params_m", "tfslim_model", "tfslim_top1", "tfslim_top5", "tfslim_top1_diff", "tfslim_top5_diff",
-               "tfslim_macs_m", "tfslim_params_m", "path"]
+               "tfslim_macs_m", "tfslim_params_m", "latency_threads", "latency_eager_ms", "latency_fp32_ms",
+               "latency_fp32_backend", "latency_int8_ms", "latency_int8_backend", "path"]
 
 
-def rows(results: list[Result]) -> list[dict]:
+def _latency_columns(lat: Latency | None) -> dict:
+    if lat is None:
+        return {}
+    return {"latency_threads": lat.threads, "latency_eager_ms": lat.eager_ms, "latency_fp32_ms": lat.fp32_ms,
+            "latency_fp32_backend": lat.fp32_backend, "latency_int8_ms": lat.int8_ms,
+            "latency_int8_backend": lat.int8_backend}
+
+
+def rows(results: list[Result], latency: dict[tuple, Latency] | None = None) -> list[dict]:
     """One flat record per result: what report.csv holds and report.md shows."""
+    latency = latency or {}
     front_ma = {i for f in frontier(results, "mult_adds") for i in f}
     front_p = {i for f in frontier(results, "params") for i in f}
     out = []
@@ -297,7 +402,8 @@ def rows(results: list[Result]) -> list[dict]:
         row = {k: getattr(r, k) for k in ("model", "variant", "alpha", "resolution", "name", "source", "dataset",
                                           "epoch", "epochs_total", "in_progress", "top1", "top5", "mult_adds",
                                           "params", "images_per_sec", "path")}
-        row.update(pareto_mult_adds=i in front_ma, pareto_params=i in front_p, **_published_for(r))
+        row.update(pareto_mult_adds=i in front_ma, pareto_params=i in front_p, **_published_for(r),
+                   **_latency_columns(latency.get(r.key())))
         out.append({k: row.get(k) for k in CSV_COLUMNS})
     return out
 
@@ -325,16 +431,18 @@ def _epoch(row: dict) -> str:
 
 def results_table(table: list[dict]) -> list[str]:
     lines = ["| model | alpha | resolution | run | data | epoch | top-1 | top-5 | mult-adds (M) | params (M) | "
-             "images/s | paper top-1 (Δ) | TF-slim top-1 / top-5 (Δ) | Pareto |",
-             "|---|---:|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|:---:|"]
+             "images/s | paper top-1 (Δ) | TF-slim top-1 / top-5 (Δ) | latency ms eager / fp32 / int8 | Pareto |",
+             "|---|---:|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|"]
     for r in table:
         paper = f"{r['paper_top1']} ({_f(r['paper_top1_diff'], 1, True)})" if r["paper_top1"] is not None else "–"
         slim = (f"{r['tfslim_top1']} / {r['tfslim_top5']} ({_f(r['tfslim_top1_diff'], 1, True)} / "
                 f"{_f(r['tfslim_top5_diff'], 1, True)})" if r["tfslim_top1"] is not None else "–")
         speed = f"{r['images_per_sec']:.0f} ({r['source']})" if _number(r["images_per_sec"]) else "–"
+        lat = (" / ".join(_f(r[k]) for k in ("latency_eager_ms", "latency_fp32_ms", "latency_int8_ms"))
+               if r.get("latency_threads") else "–")
         lines.append(f"| {r['model']} | {r['alpha']} | {r['resolution']} | {r['name']} | {r['dataset'] or '?'} | "
                      f"{_epoch(r)} | {_f(r['top1'])} | {_f(r['top5'])} | {_millions(r['mult_adds'])} | "
-                     f"{_millions(r['params'])} | {speed} | {paper} | {slim} | "
+                     f"{_millions(r['params'])} | {speed} | {paper} | {slim} | {lat} | "
                      f"{'✓' if r['pareto_mult_adds'] else ''} |")
     return lines
 
@@ -350,7 +458,25 @@ def published_table() -> list[str]:
     return lines
 
 
-def markdown(table: list[dict], skipped: list[str], paths: list[str]) -> str:
+def latency_section(latency: dict[tuple, Latency]) -> list[str]:
+    if not latency:
+        return []
+    lines = ["## Latency", "",
+             "Batch 1, median ms, from `mobilenet-bench latency` (latency.json); eager = PyTorch fp32 as trained, "
+             "fp32 / int8 = the fastest exported backend (ONNX Runtime, ExecuTorch XNNPACK, torch.compile). "
+             "The latency columns above are these numbers for the same architecture.", "",
+             "| model | alpha | resolution | threads | eager ms | fp32 ms (backend) | int8 ms (backend) | "
+             "int8 × eager | CPU | file |", "|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    for lat in sorted(latency.values(), key=lambda lt: (lt.variant, -lt.alpha, -lt.resolution)):
+        ratio = _f(lat.int8_ms / lat.eager_ms) if lat.int8_ms and lat.eager_ms else "–"
+        fp32 = f"{_f(lat.fp32_ms)} ({lat.fp32_backend})" if lat.fp32_ms else "–"
+        int8 = f"{_f(lat.int8_ms)} ({lat.int8_backend})" if lat.int8_ms else "–"
+        lines.append(f"| {VARIANT_NAMES.get(lat.variant, lat.variant)} | {lat.alpha} | {lat.resolution} | {lat.threads} | "
+                     f"{_f(lat.eager_ms)} | {fp32} | {int8} | {ratio} | {lat.cpu} | {lat.path} |")
+    return [*lines, "", f"![top-1 against latency]({LATENCY_OUTPUT})", ""]
+
+
+def markdown(table: list[dict], skipped: list[str], paths: list[str], latency: dict | None = None) -> str:
     sources = published.data()["sources"]
     text = [
         "# MobileNet v1: accuracy against cost",
@@ -370,6 +496,7 @@ def markdown(table: list[dict], skipped: list[str], paths: list[str]) -> str:
         "![top-1 against parameters](accuracy_vs_params.png)",
         "",
     ]
+    text += latency_section(latency or {})
     if skipped:
         text += ["## Skipped", "", *[f"- {s}" for s in skipped], ""]
     text += ["## Published results", "", *published_table(), "", "Sources:", ""]
@@ -470,6 +597,50 @@ def figure(results: list[Result], x: str):
     return fig
 
 
+def latency_figure(results: list[Result], latency: dict[tuple, Latency]):
+    """Top-1 against batch-1 latency: per alpha, one line through the resolutions for each of eager
+    fp32 (dotted, hollow), the fastest fp32 export (solid) and the fastest int8 export (dashed)."""
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    fig = Figure(figsize=(10, 6.2), layout="constrained")
+    ax = fig.subplots()
+    ax.set_xscale("log")
+    alphas = sorted({r.alpha for r in results}, reverse=True)
+    colors = {a: f"C{i % 10}" for i, a in enumerate(alphas)}
+    styles = {"latency_eager_ms": (":", "white"), "latency_fp32_ms": ("-", None), "latency_int8_ms": ("--", None)}
+    matched = [r for r in results if r.key() in latency]
+    groups: dict[tuple, list[Result]] = {}
+    for r in matched:
+        groups.setdefault((r.dataset or "?", r.variant, r.alpha), []).append(r)
+    for (_, _, alpha), rs in groups.items():
+        for column, (linestyle, face) in styles.items():
+            pts = sorted((v, r.top1, r.resolution) for r in rs
+                         if (v := _latency_columns(latency[r.key()]).get(column)) is not None)
+            if not pts:
+                continue
+            xs, ys, res = zip(*pts)
+            ax.plot(xs, ys, linestyle=linestyle, marker="o", color=colors[alpha], markerfacecolor=face or colors[alpha],
+                    gid=column)
+            if column == "latency_fp32_ms":
+                for xv, yv, rv in pts:
+                    ax.annotate(str(rv), (xv, yv), textcoords="offset points", xytext=(5, 5), fontsize=8,
+                                color=colors[alpha])
+    entries = [(Line2D([], [], color=colors[a], linewidth=4), f"α = {a}") for a in alphas]
+    entries += [(Line2D([], [], color="0.3", linestyle=":", marker="o", markerfacecolor="white"), "eager PyTorch fp32"),
+                (Line2D([], [], color="0.3", linestyle="-", marker="o"), "fastest fp32 export"),
+                (Line2D([], [], color="0.3", linestyle="--", marker="o"), "fastest int8 export")]
+    ax.legend(*zip(*entries), loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
+    cpus = ", ".join(sorted({lat.cpu for lat in latency.values()}))
+    ax.set_title(f"Top-1 accuracy vs measured latency (batch 1, {LATENCY_THREADS} thread, {cpus})\n"
+                 f"top-1: the fp32 model's; labels: input resolution", fontsize=11)
+    ax.set_xlabel("latency per image (ms, log scale)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.grid(True, which="major", alpha=0.4)
+    ax.grid(True, which="minor", alpha=0.15)
+    return fig
+
+
 def save_png(fig, path: Path) -> None:
     atomic_write_bytes(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
 
@@ -513,15 +684,19 @@ def write_tensorboard(results: list[Result], tb_dir: Path) -> None:
 
 def write_report(paths: list[str], out: Path, tb: Path | None = None) -> tuple[list[dict], list[str]]:
     results, skipped = find_results(paths)
+    latency, latency_skipped = find_latency(paths)
+    skipped += latency_skipped
     if not results:
         reasons = "; ".join(skipped) or "nothing given"
         raise UserError(f"no runs to report ({reasons})")
-    table = rows(results)
+    table = rows(results, latency)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "report.md", markdown(table, skipped, paths))
+    atomic_write_text(out / "report.md", markdown(table, skipped, paths, latency))
     atomic_write_text(out / "report.csv", to_csv(table))
     save_png(figure(results, "mult_adds"), out / "accuracy_vs_mult_adds.png")
     save_png(figure(results, "params"), out / "accuracy_vs_params.png")
+    if latency:
+        save_png(latency_figure(results, latency), out / LATENCY_OUTPUT)
     if tb is not None:
         write_tensorboard(results, tb)
     return table, skipped
@@ -566,7 +741,8 @@ def report_cli(argv: list[str] | None = None) -> None:
     for s in skipped:
         print(f"{PROG}: skipped {s}", file=sys.stderr)
     print("\n".join(results_table(table)))
-    print(f"\n{len(table)} result(s); written: " + ", ".join(str(out / f) for f in OUTPUTS)
+    written = [*OUTPUTS, *([LATENCY_OUTPUT] if any(r.get("latency_threads") for r in table) else [])]
+    print(f"\n{len(table)} result(s); written: " + ", ".join(str(out / f) for f in written)
           + (f", {tb}" if tb is not None else ""))
 
 
