@@ -71,7 +71,7 @@ def wait_for(predicate, timeout: float, what: str, log: Path | None = None):
         value = predicate()
         if value:
             return value
-        time.sleep(0.5)
+        time.sleep(0.2)
     tail = log.read_text()[-3000:] if log is not None and log.exists() else ""
     raise AssertionError(f"timed out waiting for {what}\n{tail}")
 
@@ -105,7 +105,9 @@ def test_sbatch_two_tasks_preempted_with_usr1_requeues_and_matches_an_uninterrup
     assert "got SIGUSR1" in text and "(restart 1)" in text
     resumed = re.search(r"resumed from .* epoch 0, step (\d+), (\d+) batches into the epoch", text)
     assert resumed, text[-3000:]
-    assert 0 < int(resumed.group(2)) < 30  # stopped mid-epoch, at a step all ranks agreed on
+    # Stopped at a step all ranks agreed on (they compare flags every 10 steps): mid-epoch unless a
+    # loaded machine delivered the signal late, when it is the epoch's last step (30).
+    assert int(resumed.group(2)) in (10, 20, 30), resumed.group(0)
 
     run_b = preempted / "outputs" / "quickstart" / f"slurm-{job_b}"
     a = load_checkpoint(straight / "run" / "checkpoints" / "last.pt")
