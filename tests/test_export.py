@@ -50,6 +50,7 @@ def leftovers(folder):
     *[("onnx", a, r) for a in (1.0, 0.25) for r in (64, 96)],
     ("executorch", 1.0, 64), pytest.param("executorch", 1.0, 96, marks=pytest.mark.slow),
     ("executorch", 0.25, 64), ("executorch", 0.25, 96),
+    *[("tflite", a, r) for a in (1.0, 0.25) for r in (64, 96)],
 ])
 def test_fp32_export_matches_pytorch(arch_ckpts, fmt, alpha, res, tmp_path):
     out = tmp_path / f"m{E.FORMATS[fmt]}"
@@ -93,7 +94,7 @@ def test_bias_correction_removes_the_mean_shift_of_int8_weights():
         assert shift["corrected"] < 0.05 * shift["plain"], (layer, shift)
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "executorch"])
+@pytest.mark.parametrize("fmt", ["onnx", "executorch", "tflite"])
 def test_wrong_shaped_export_is_caught_and_nothing_left(arch_ckpts, fmt, tmp_path, monkeypatch):
     # Traced at 32 px, half the model's input: the runtime refuses the real input (ExecuTorch takes
     # smaller inputs than planned for, so the wrong shape must be the smaller one).
@@ -149,6 +150,28 @@ def test_executorch_int8_export(trained_run, tmp_path):
     assert E.read_metadata(tmp_path / "q.pte")["precision"] == "int8"
 
 
+def test_tflite_int8_export_is_fully_integer(trained_run, tmp_path):
+    """Google's converter: int8 weights, int8 input and output (as Google's own quantised models), the
+    preprocessing in the metadata table, accuracy on the real (shapes) images close to fp32."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    ckpt = trained_run / "checkpoints" / "best.pt"
+    root = next(p for p in E.checkpoint_images(load_checkpoint(ckpt), "val")[0].parents if (p / "val").is_dir())
+    r = E.export(str(ckpt), "tflite", "int8", out=str(tmp_path / "q.tflite"), num_calibration=32, num_verify=8,
+                 eval_dir=str(root / "val"))
+    assert r.verification["min_cosine"] >= E.INT8_MIN_COSINE and "of the checkpoint's data" in r.calibration
+    assert r.accuracy["num_images"] == 80 and abs(r.accuracy["top1_change"]) <= 5.0, r.accuracy
+    details = Interpreter(model_path=r.out).get_input_details()[0]
+    assert details["dtype"] == np.int8 and list(details["shape"]) == [1, 3, 32, 32]
+    # x/127.5 - 1 spans [-1, 1]: the input scale the converter recorded covers exactly that
+    assert details["quantization"][0] == pytest.approx(2 / 255, rel=0.01)
+    fp32 = E.export(str(ckpt), "tflite", out=str(tmp_path / "f.tflite"), num_verify=2)
+    assert r.size_bytes < 0.6 * fp32.size_bytes
+    meta = E.read_metadata(r.out)
+    assert (meta["precision"], meta["format"], meta["batch"], meta["input_size"]) == ("int8", "tflite", 1, 32)
+    assert meta["classes"] == load_checkpoint(ckpt)["classes"]
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
@@ -161,8 +184,8 @@ def test_bad_input_is_one_line_exit_2_nothing_written(arch_ckpts, tmp_path):
     torch.save({"state_dict": {}}, foreign)
     proc = run_export(str(foreign), "--format", "onnx", cwd=tmp_path)
     assert_one_line_error(proc, "not a mobilenet-train checkpoint")
-    proc = run_export(str(arch_ckpts[(0.25, 64)]), "--format", "tflite", f"out={tmp_path / 'x'}", cwd=tmp_path)
-    assert_one_line_error(proc, "--format tflite is unknown", "onnx, executorch")
+    proc = run_export(str(arch_ckpts[(0.25, 64)]), "--format", "coreml", f"out={tmp_path / 'x'}", cwd=tmp_path)
+    assert_one_line_error(proc, "--format coreml is unknown", "onnx, executorch, tflite")
     proc = run_export(str(arch_ckpts[(0.25, 64)]), "--format", "onnx", "--quantize", "int4", cwd=tmp_path)
     assert_one_line_error(proc, "--quantize int4 is unknown")
     proc = run_export(str(arch_ckpts[(0.25, 64)]), "--format", "onnx", "colour=red", cwd=tmp_path)
@@ -174,20 +197,30 @@ def test_missing_runtime_package_is_one_line(arch_ckpts, tmp_path, monkeypatch, 
     import importlib.util
 
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "executorch" else find_spec(name, *a))
-    with pytest.raises(SystemExit) as exit_info:
-        E.export_cli([str(arch_ckpts[(0.25, 64)]), "--format", "executorch", f"out={tmp_path / 'm.pte'}"])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "needs the Python package(s) executorch" in err[0] and "[deploy]" in err[0]
+    missing = {"executorch", "litert_torch"}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in missing else find_spec(name, *a))
+    for fmt, package in (("executorch", "executorch"), ("tflite", "litert_torch")):
+        with pytest.raises(SystemExit) as exit_info:
+            E.export_cli([str(arch_ckpts[(0.25, 64)]), "--format", fmt, f"out={tmp_path / ('m' + E.FORMATS[fmt])}"])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"needs the Python package(s) {package}" in err[0] and "[deploy]" in err[0]
     assert leftovers(tmp_path) == []
+    # backends=all leaves out what is not installed, and says so; naming one is an error.
+    from mobilenet_train.bench import _parse_backends
+
+    assert {b for b, _ in _parse_backends("all")} == {"pytorch", "compile", "onnx"}
+    with pytest.raises(UserError, match="tflite"):
+        from mobilenet_train.bench import bench_model
+
+        bench_model(arch_ckpts[(0.25, 64)], {"backends": "tflite-int8"}, tmp_path)
 
 
 # ----------------------------------------------------------------------------- Google's weights, int8
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt", ["onnx", "executorch"])
+@pytest.mark.parametrize("fmt", ["onnx", "executorch", "tflite"])
 def test_int8_keras_weights_keep_top1(fmt, tmp_path):
     """Keras 0.75_224, imported, int8 through our flow: within 1.5 points of fp32 on the 1000 samples."""
     from mobilenet_train.importer import import_weights
@@ -210,7 +243,8 @@ def test_latency_bench_writes_json_and_report_reads_it(arch_ckpts, trained_run, 
     ckpt = trained_run / "checkpoints" / "best.pt"
     out = tmp_path / "lat" / "latency.json"
     report, path = run_latency([str(ckpt), "runs=3", "warmup=1", "batch=2", "threads=1,2",
-                                "backends=pytorch,compile,onnx-fp32,onnx-int8,executorch-fp32", f"out={out}"], False)
+                                "backends=pytorch,compile,onnx-fp32,onnx-int8,executorch-fp32,tflite-int8", f"out={out}"],
+                               False)
     data = json.loads(out.read_text())
     assert path == out and data["format"] == "mobilenet-bench-latency"
     assert data["machine"]["cpu"] and data["machine"]["logical_cpus"] >= 1 and data["threads"] == [1, 2]
@@ -218,7 +252,7 @@ def test_latency_bench_writes_json_and_report_reads_it(arch_ckpts, trained_run, 
     assert (m["alpha"], m["resolution"]) == (0.25, 32) and m["checkpoint"] == str(ckpt.resolve())
     combos = {(r["backend"], r["precision"], r["threads"], r["batch"]) for r in m["results"]}
     assert combos == {(b, p, t, n) for b, p in [("pytorch", "fp32"), ("compile", "fp32"), ("onnx", "fp32"),
-                                               ("onnx", "int8"), ("executorch", "fp32")]
+                                               ("onnx", "int8"), ("executorch", "fp32"), ("tflite", "int8")]
                       for t in (1, 2) for n in (1, 2)}
     for r in m["results"]:
         assert r["runs"] == 3 and 0 < r["p10_ms"] <= r["median_ms"] <= r["p90_ms"]
@@ -227,7 +261,7 @@ def test_latency_bench_writes_json_and_report_reads_it(arch_ckpts, trained_run, 
     # The report: latency columns for the run of that architecture, a latency section and plot.
     table, _ = write_report([str(trained_run), str(out)], tmp_path / "report")
     (row,) = table
-    assert row["latency_threads"] == 1 and row["latency_eager_ms"] > 0 and row["latency_int8_backend"] == "onnx"
+    assert row["latency_threads"] == 1 and row["latency_eager_ms"] > 0 and row["latency_int8_backend"] in ("onnx", "tflite")
     assert row["latency_fp32_backend"] in ("compile", "onnx", "executorch")
     text = (tmp_path / "report" / "report.md").read_text()
     assert "## Latency" in text and "latency ms eager / fp32 / int8" in text

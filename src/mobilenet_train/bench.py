@@ -7,6 +7,7 @@ resolution grid, times batch 1 and batch N through every backend and precision:
     compile   torch.compile of the BN-folded model (inductor)
     onnx      ONNX Runtime fp32 and int8 (QDQ)        } the files mobilenet-export writes,
     executorch ExecuTorch + XNNPACK fp32 and int8 (PT2E) } checked against PyTorch the same way
+    tflite    LiteRT + XNNPACK fp32 and int8 (PT2E)     } (TF-Lite: batch 1, called per image)
 
 with 1 thread and with all threads. Calls are interleaved (one call of each backend in turn,
 `runs` rounds after `warmup` rounds), so a change of load on a shared machine hits every
@@ -22,6 +23,7 @@ measured on generated images, so activations (and int8 ranges) are realistic.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -44,7 +46,8 @@ PROG = "mobilenet-bench"
 LATENCY_FORMAT = "mobilenet-bench-latency"
 # (name, precision): the backends in the order they are timed within a round.
 BACKENDS = [("pytorch", "fp32"), ("compile", "fp32"), ("onnx", "fp32"), ("onnx", "int8"),
-            ("executorch", "fp32"), ("executorch", "int8")]
+            ("executorch", "fp32"), ("executorch", "int8"), ("tflite", "fp32"), ("tflite", "int8")]
+EXPORTED = ("onnx", "executorch", "tflite")  # the backends that run a file mobilenet-export writes
 # Random weights have no classes to agree on: their int8 export is only held to point roughly the same way.
 RANDOM_MIN_COSINE = 0.5
 GRID_ALPHAS = (1.0, 0.75, 0.5, 0.25)
@@ -79,7 +82,7 @@ def versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for name in ("torch", "onnxruntime", "executorch", "ai-edge-litert"):
+    for name in ("torch", "onnxruntime", "executorch", "litert-torch", "ai-edge-litert"):
         try:
             out[name] = version(name)
         except PackageNotFoundError:
@@ -157,9 +160,16 @@ def _parse_threads(text) -> list[int]:
 
 def _parse_backends(text) -> list[tuple[str, str]]:
     if text == "all":
-        return list(BACKENDS)
+        # Every backend whose runtime is installed (the others are named, not silently dropped).
+        from .export import PACKAGES
+
+        missing = {fmt for fmt in EXPORTED if any(importlib.util.find_spec(p) is None for p in PACKAGES[fmt])}
+        if missing:
+            log.warning("backends=all: skipping %s (runtime not installed: pip install 'mobilenet-train[deploy]')",
+                        ", ".join(sorted(missing)))
+        return [b for b in BACKENDS if b[0] not in missing]
     names = {f"{b}-{p}": (b, p) for b, p in BACKENDS} | {"pytorch": ("pytorch", "fp32"), "compile": ("compile", "fp32"),
-                                                         "onnx": ("onnx", "fp32"), "executorch": ("executorch", "fp32")}
+                                                         **{fmt: (fmt, "fp32") for fmt in EXPORTED}}
     chosen = []
     for part in str(text).split(","):
         if part.strip() not in names:
@@ -172,12 +182,11 @@ def bench_model(ckpt_path: Path, opts: dict, workdir: Path, random_weights: bool
     """Latency of one checkpoint's model through every chosen backend, precision, thread count and batch."""
     from .checkpoint import load_checkpoint
     from .engine import model_from_checkpoint
-    from .export import (INT8_MIN_COSINE, deploy_model, executorch_method, export, generated_images, onnx_session,
-                         require, set_executorch_threads)
+    from .export import FORMATS, INT8_MIN_COSINE, deploy_model, export, generated_images, require, runner, set_executorch_threads
 
     ckpt = load_checkpoint(ckpt_path)
     backends = _parse_backends(opts["backends"])
-    for fmt in {b for b, _ in backends if b in ("onnx", "executorch")}:
+    for fmt in {b for b, _ in backends if b in EXPORTED}:
         require(fmt)
     batches = sorted({1, int(opts["batch"])})
     threads_list = _parse_threads(opts["threads"])
@@ -186,9 +195,9 @@ def bench_model(ckpt_path: Path, opts: dict, workdir: Path, random_weights: bool
     folded = deploy_model(ckpt)
     files = {}
     for fmt, precision in backends:
-        if fmt in ("onnx", "executorch"):
+        if fmt in EXPORTED:
             quantize = "int8" if precision == "int8" else None
-            out = workdir / f"{ckpt_path.stem}.{precision}{'.onnx' if fmt == 'onnx' else '.pte'}"
+            out = workdir / f"{ckpt_path.stem}.{precision}{FORMATS[fmt]}"
             log.info("exporting %s %s", fmt, precision)
             export(str(ckpt_path), fmt, quantize, out=str(out), calibration=opts["calibration"],
                    num_calibration=int(opts["num_calibration"]), num_verify=2, max_batch=max(batches),
@@ -204,10 +213,8 @@ def bench_model(ckpt_path: Path, opts: dict, workdir: Path, random_weights: bool
             elif fmt == "compile":
                 compiled = torch.compile(folded)
                 fns[(fmt, precision)] = (torch.inference_mode()(compiled), True)
-            elif fmt == "onnx":
-                fns[(fmt, precision)] = (onnx_session(files[(fmt, precision)], threads), False)
             else:
-                fns[(fmt, precision)] = (executorch_method(files[(fmt, precision)], threads), False)
+                fns[(fmt, precision)] = (runner(fmt, files[(fmt, precision)], threads), False)
         if any(b == "executorch" for b, _ in backends):
             set_executorch_threads(threads)
         for batch in batches:
@@ -356,9 +363,11 @@ def bench_cli(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Inference latency of MobileNet v1 on this CPU: eager PyTorch, torch.compile, ONNX Runtime "
-                    "fp32/int8 and ExecuTorch (XNNPACK) fp32/int8, 1 thread and all threads, batch 1 and batch N.",
+                    "fp32/int8, ExecuTorch (XNNPACK) fp32/int8 and LiteRT (TF-Lite) fp32/int8, 1 thread and all "
+                    "threads, batch 1 and batch N.",
         epilog="latency options: batch=N (8), runs=N (50), warmup=N (10), threads=1,all, backends=all|pytorch,compile,"
-               "onnx-fp32,onnx-int8,executorch-fp32,executorch-int8, out=PATH (latency.json), calibration=DIR, "
+               "onnx-fp32,onnx-int8,executorch-fp32,executorch-int8,tflite-fp32,tflite-int8, out=PATH (latency.json), "
+               "calibration=DIR, "
                "num_calibration=N. Examples: mobilenet-bench latency outputs/run/checkpoints/best.pt; "
                "mobilenet-bench latency model.alpha=0.5 model.resolution=160; mobilenet-bench latency --grid runs=20",
     )

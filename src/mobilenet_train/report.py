@@ -463,7 +463,7 @@ def latency_section(latency: dict[tuple, Latency]) -> list[str]:
         return []
     lines = ["## Latency", "",
              "Batch 1, median ms, from `mobilenet-bench latency` (latency.json); eager = PyTorch fp32 as trained, "
-             "fp32 / int8 = the fastest exported backend (ONNX Runtime, ExecuTorch XNNPACK, torch.compile). "
+             "fp32 / int8 = the fastest exported backend (ONNX Runtime, ExecuTorch XNNPACK, LiteRT, torch.compile). "
              "The latency columns above are these numbers for the same architecture.", "",
              "| model | alpha | resolution | threads | eager ms | fp32 ms (backend) | int8 ms (backend) | "
              "int8 × eager | CPU | file |", "|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
