@@ -5,7 +5,7 @@ dequantized, BN already folded), re-quantise with our flow (mobilenet-export --q
 calibrated on `--calibration` images of the sample set), then on the 1000 sample images:
 
     top-1   PyTorch fp32 (the dequantized weights), LiteRT on Google's file, our ONNX Runtime int8,
-            our ExecuTorch (XNNPACK) int8
+            our ExecuTorch (XNNPACK) int8, our TF-Lite int8 (litert-torch) in the same LiteRT
     latency batch 1, median / p10 / p90 ms, all of them timed interleaved (one call each per
             round), for each thread count; ratio = ours / LiteRT from the same rounds
 
@@ -78,7 +78,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shared", default=str(REPO.parent / "shared"))
     ap.add_argument("--models", default=",".join(MODELS))
-    ap.add_argument("--formats", default="onnx,executorch")
+    ap.add_argument("--formats", default="onnx,executorch,tflite")
     ap.add_argument("--images", type=int, default=1000)
     ap.add_argument("--calibration", type=int, default=100, help="calibration images (spread over the sample set)")
     ap.add_argument("--runs", type=int, default=100)
