@@ -95,6 +95,38 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
+def pad_channels_last(model: nn.Module) -> nn.Module:
+    """TensorFlow-SAME padding (`tf_same`, as imported Google weights have) in the form TF-Lite converts
+    best, in place; the numbers are identical. litert-torch converts the graph to NHWC but keeps a
+    constant pad in NCHW, between two TRANSPOSEs (27 in the imported 0.25_128 model), and int8 adds a
+    requantising QUANTIZE after each pad. A stride-1 conv pads symmetrically, so it becomes a plain
+    padded conv; a stride-2 conv pads on the NHWC view, where the permutes cancel and TF-Lite folds
+    the pad into a SAME conv. The result has the op list of Google's own file (0.25_128 int8 on one
+    core: 0.49 -> 0.31 ms)."""
+    from .model import Conv2dTFSame, TFSamePad
+
+    class ChannelsLastTFSamePad(TFSamePad):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            top, bottom = self._pad(x.shape[-2])
+            left, right = self._pad(x.shape[-1])
+            if top == bottom == left == right == 0:
+                return x
+            return nn.functional.pad(x.permute(0, 2, 3, 1), (0, 0, left, right, top, bottom)).permute(0, 3, 1, 2)
+
+    for parent in list(model.modules()):
+        for name, m in list(parent.named_children()):
+            if not isinstance(m, Conv2dTFSame):
+                continue
+            if m.stride == (1, 1) and all(k % 2 for k in m.kernel_size):
+                plain = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, 1, (m.kernel_size[0] // 2, m.kernel_size[1] // 2),
+                                  groups=m.groups, bias=m.bias is not None)
+                plain.load_state_dict(m.state_dict())
+                setattr(parent, name, plain)
+            else:
+                m.same_pad = ChannelsLastTFSamePad(m.same_pad.kernel_size, m.same_pad.stride)
+    return model
+
+
 def deploy_model(ckpt: dict) -> nn.Module:
     """The checkpoint's model, eval mode, BN folded."""
     from .engine import model_from_checkpoint
@@ -272,13 +304,19 @@ def litert_interpreter(path: str | Path, threads: int = 0):
     integer_in = np.issubdtype(inp["dtype"], np.integer)
     integer_out = np.issubdtype(out["dtype"], np.integer)
     lo, hi = (np.iinfo(inp["dtype"]).min, np.iinfo(inp["dtype"]).max) if integer_in else (0, 0)
+    inv_scale = np.float32(1 / in_scale) if integer_in else None
+
+    def quantize(image: np.ndarray) -> np.ndarray:
+        q = image * inv_scale  # in place from here: this is a tenth of a 0.25_128 model's time
+        np.rint(q, out=q)
+        q += in_zero
+        np.clip(q, lo, hi, out=q)
+        return q.astype(inp["dtype"])
 
     def run(x):
         logits = []
         for image in np.asarray(x, dtype=np.float32):
-            image = image[None]
-            if integer_in:
-                image = np.clip(np.round(image / in_scale) + in_zero, lo, hi).astype(inp["dtype"])
+            image = quantize(image[None]) if integer_in else image[None]
             interpreter.set_tensor(inp["index"], image)
             interpreter.invoke()
             y = interpreter.get_tensor(out["index"])
@@ -680,7 +718,7 @@ def export(ckpt_path: str, fmt: str, quantize: str | None = None, out: str | Non
         if fmt == "onnx":
             write_onnx(corrected, tmp, meta, example, calib)
         elif fmt == "tflite":
-            write_tflite(corrected, tmp, meta, example, calib)
+            write_tflite(pad_channels_last(copy.deepcopy(corrected)), tmp, meta, example, calib)
         else:
             write_executorch(corrected, tmp, meta, example, calib, max_batch)
         check = verify(fmt, tmp, model, inputs, quantize is not None, max_batch, min_cosine)
