@@ -201,6 +201,25 @@ def test_tflite_int8_of_tf_same_weights_has_googles_op_list(arch_ckpts, tmp_path
     assert ops["CONV_2D"] == 14 and ops["DEPTHWISE_CONV_2D"] == 13 and sum(ops.values()) <= 33, ops
 
 
+def test_tflite_int8_relu6_is_quantised_after_the_clamp(tmp_path):
+    """litert-torch's quantizer, left alone, makes ReLU6 share the conv's observer: every conv output is
+    then quantised over its pre-activation range (zero points near 0, ranges of 8-17; the Keras 0.75_224
+    weights score 3.5% top-1). Annotated like ReLU, each fused conv+ReLU6 output spans [0, <= 6]."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    ckpt = random_checkpoint(["model.alpha=0.25", "model.resolution=64", "model.activation=relu6",
+                              "model.num_classes=10", "data.num_classes=10"], tmp_path / "relu6.pt")
+    r = E.export(str(ckpt), "tflite", "int8", out=str(tmp_path / "q.tflite"), num_calibration=16, num_verify=2,
+                 min_cosine=0.0)
+    model = flatbuffer_utils.read_model(r.out)
+    graph, codes = model.subgraphs[0], model.operatorCodes
+    conv_outputs = [graph.tensors[op.outputs[0]].quantization for op in graph.operators
+                    if max(codes[op.opcodeIndex].builtinCode, codes[op.opcodeIndex].deprecatedBuiltinCode) in (3, 4)]
+    assert len(conv_outputs) == 27  # CONV_2D (3) and DEPTHWISE_CONV_2D (4)
+    for q in conv_outputs:
+        assert int(q.zeroPoint[0]) == -128 and float(q.scale[0]) * 255 <= 6.0 + 1e-3, (q.zeroPoint, q.scale)
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
