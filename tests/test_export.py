@@ -75,17 +75,22 @@ def test_fp32_export_matches_pytorch(arch_ckpts, fmt, alpha, res, tmp_path):
         assert ops.get("PAD", 0) == (1 if res == 96 else 5), ops
 
 
-def tflite_ops(path) -> dict:
-    from collections import Counter
-
+def tflite_operators(path) -> list[tuple[str, object, object]]:
+    """(operator name, operator, subgraph) of a .tflite file's main graph, in order."""
     from ai_edge_litert import schema_py_generated as schema
     from ai_edge_litert.tools import flatbuffer_utils
 
     names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     model = flatbuffer_utils.read_model(str(path))
-    codes = model.operatorCodes
-    return Counter(names[max(codes[op.opcodeIndex].builtinCode, codes[op.opcodeIndex].deprecatedBuiltinCode)]
-                   for op in model.subgraphs[0].operators)
+    codes, graph = model.operatorCodes, model.subgraphs[0]
+    return [(names[max(codes[op.opcodeIndex].builtinCode, codes[op.opcodeIndex].deprecatedBuiltinCode)], op, graph)
+            for op in graph.operators]
+
+
+def tflite_ops(path) -> dict:
+    from collections import Counter
+
+    return Counter(name for name, _, _ in tflite_operators(path))
 
 
 def test_batchnorm_is_folded(arch_ckpts):
@@ -205,17 +210,13 @@ def test_tflite_int8_relu6_is_quantised_after_the_clamp(tmp_path):
     """litert-torch's quantizer, left alone, makes ReLU6 share the conv's observer: every conv output is
     then quantised over its pre-activation range (zero points near 0, ranges of 8-17; the Keras 0.75_224
     weights score 3.5% top-1). Annotated like ReLU, each fused conv+ReLU6 output spans [0, <= 6]."""
-    from ai_edge_litert.tools import flatbuffer_utils
-
     ckpt = random_checkpoint(["model.alpha=0.25", "model.resolution=64", "model.activation=relu6",
                               "model.num_classes=10", "data.num_classes=10"], tmp_path / "relu6.pt")
     r = E.export(str(ckpt), "tflite", "int8", out=str(tmp_path / "q.tflite"), num_calibration=16, num_verify=2,
                  min_cosine=0.0)
-    model = flatbuffer_utils.read_model(r.out)
-    graph, codes = model.subgraphs[0], model.operatorCodes
-    conv_outputs = [graph.tensors[op.outputs[0]].quantization for op in graph.operators
-                    if max(codes[op.opcodeIndex].builtinCode, codes[op.opcodeIndex].deprecatedBuiltinCode) in (3, 4)]
-    assert len(conv_outputs) == 27  # CONV_2D (3) and DEPTHWISE_CONV_2D (4)
+    conv_outputs = [graph.tensors[op.outputs[0]].quantization for name, op, graph in tflite_operators(r.out)
+                    if name in ("CONV_2D", "DEPTHWISE_CONV_2D")]
+    assert len(conv_outputs) == 27
     for q in conv_outputs:
         assert int(q.zeroPoint[0]) == -128 and float(q.scale[0]) * 255 <= 6.0 + 1e-3, (q.zeroPoint, q.scale)
 

@@ -23,7 +23,6 @@ measured on generated images, so activations (and int8 ranges) are realistic.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import os
@@ -161,9 +160,9 @@ def _parse_threads(text) -> list[int]:
 def _parse_backends(text) -> list[tuple[str, str]]:
     if text == "all":
         # Every backend whose runtime is installed (the others are named, not silently dropped).
-        from .export import PACKAGES
+        from .export import missing_packages
 
-        missing = {fmt for fmt in EXPORTED if any(importlib.util.find_spec(p) is None for p in PACKAGES[fmt])}
+        missing = {fmt for fmt in EXPORTED if missing_packages(fmt)}
         if missing:
             log.warning("backends=all: skipping %s (runtime not installed: pip install 'mobilenet-train[deploy]')",
                         ", ".join(sorted(missing)))
