@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mobilenet_train.cli import compose_config
+from mobilenet_train.config import compose as compose_config
 from mobilenet_train.data import NORMALIZATION, DevicePreprocess, FakeImages, build_loader
 from mobilenet_train.distributed import DistInfo
 from mobilenet_train.engine import TrainParts, TrainState, autocast_dtype, resolve_device, train_one_epoch

@@ -44,7 +44,7 @@ def cache_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def compose():
-    from mobilenet_train.cli import compose_config
+    from mobilenet_train.config import compose as compose_config
 
     def _compose(*overrides: str):
         return compose_config(list(overrides))

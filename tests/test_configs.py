@@ -79,7 +79,7 @@ def test_paper_grid_sweeps_16_runs_into_readable_dirs(compose):
 
 
 def test_preflight_checks_every_swept_value(capsys):
-    from mobilenet_train.cli import preflight
+    from mobilenet_train.config import preflight
 
     with pytest.raises(UserError, match="model.resolution=16"):
         preflight(["-m", "+experiment=[quickstart,paper_grid]", "model.resolution=32,16"])

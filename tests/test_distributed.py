@@ -66,7 +66,7 @@ def test_two_processes_end_with_the_weights_of_one_process(tmp_path):
 
 
 def _initial_weights(overrides, tmp_path):
-    from mobilenet_train.cli import compose_config
+    from mobilenet_train.config import compose as compose_config
     from mobilenet_train.engine import seed_everything
     from mobilenet_train.model import build_model
 

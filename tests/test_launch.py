@@ -9,7 +9,8 @@ import pytest
 
 from conftest import BIN, REPO, TINY
 from mobilenet_train import distributed
-from mobilenet_train.cli import _run_stamp, compose_config
+from mobilenet_train.config import compose as compose_config
+from mobilenet_train.config.compose import _run_stamp
 
 SBATCH = REPO / "scripts" / "slurm" / "train.sbatch"
 

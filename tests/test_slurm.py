@@ -46,7 +46,7 @@ def slurm_env(cache_dir):
     if state.returncode != 0 or not re.search(r"idle|mix|alloc", state.stdout):
         pytest.skip(f"no Slurm cluster answers (sinfo: {(state.stderr or state.stdout).strip()[:200]})")
     # Generate the dataset once here, not inside two jobs at the same time.
-    subprocess.run([str(BIN / "python"), "-c", "from mobilenet_train.cli import compose_config;"
+    subprocess.run([str(BIN / "python"), "-c", "from mobilenet_train.config import compose as compose_config;"
                     "from mobilenet_train.data import resolve_root;"
                     f"resolve_root(compose_config({JOB!r}).data)"], env=env, check=True, timeout=120)
     return env

@@ -75,9 +75,10 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 def progress_enabled(setting) -> bool:
-    if setting in ("auto", None):
+    """trainer.progress / progress: auto (a bar when stderr is a terminal), true or false."""
+    if str(setting).lower() in ("auto", "none"):
         return sys.stderr.isatty()
-    return bool(setting)
+    return str(setting).lower() == "true"
 
 
 def seed_everything(seed: int) -> None:

@@ -1,6 +1,6 @@
-"""`python -m mobilenet_train.eval CKPT ...`: same as `mobilenet-eval`."""
-
-from .cli import eval_cli
+"""`python -m mobilenet_train.eval`: the same as mobilenet-eval."""
 
 if __name__ == "__main__":
-    eval_cli()
+    from mobilenet_train.cli.eval import main
+
+    main()

@@ -21,19 +21,13 @@ Overrides:
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-
-from .errors import UserError, fail
+from .errors import UserError
 
 log = logging.getLogger("mobilenet_train")
 
-PROG = "mobilenet-import"
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 # Model settings the user may choose; the rest describe the weights and are read from the file.
 FREE_MODEL_KEYS = ("resolution", "padding", "dropout", "bn_momentum")
@@ -86,38 +80,38 @@ def imagenet_classes(num_classes: int) -> list[str] | None:
 
 
 def _split_overrides(items: list[str]) -> tuple[bool, dict, list[str]]:
-    """(keep_background, model settings, config overrides for Hydra)."""
-    from .cli import _parse_overrides
+    """(keep_background, model settings, config overrides), each value checked by the schema."""
+    from .config import parse_options, parse_overrides
+    from .config.compose import check_override_value
+    from .config.schema import ImportOptions, TrainConfig, check_value, find_field
 
-    keep_background = False
+    opts, rest = parse_options(ImportOptions, list(items), others=True)
     model_opts: dict = {}
     config_overrides = []
-    for item in items:
-        (key, value), = _parse_overrides([item]).items()
-        if key == "keep_background":
-            if not isinstance(value, bool):
-                raise UserError(f"keep_background={value} must be true or false")
-            keep_background = value
-        elif key.startswith("model."):
+    for o in parse_overrides(rest):
+        key = o.key_or_group
+        if key.startswith("model."):
             name = key.removeprefix("model.")
             if name not in FREE_MODEL_KEYS:
                 raise UserError(f"{key} is read from the weights file and cannot be set; settable: "
                                 f"{', '.join('model.' + k for k in FREE_MODEL_KEYS)}")
-            model_opts[name] = value
-        elif key in ("data.num_classes", "data.normalization"):
+            f = find_field(TrainConfig, key)
+            check_override_value(key, o.value(), f)
+            check_value(key, o.value(), f)
+            model_opts[name] = o.value()
+            continue
+        if key in ("data.num_classes", "data.normalization"):
             raise UserError(f"{key} is read from the weights file and cannot be set"
                             f"{' (keep_background=true gives 1001 classes)' if key == 'data.num_classes' else ''}")
-        else:
-            config_overrides.append(item)
-    return keep_background, model_opts, config_overrides
+        config_overrides.append(o.input_line)
+    return opts.keep_background, model_opts, config_overrides
 
 
 def import_weights(sources: list[str], out: str, override_items: list[str] = ()) -> dict:
     """Read `sources`, write the checkpoint `out` atomically; returns a summary."""
     from .checkpoint import save_checkpoint
-    from .cli import compose_config
     from .complexity import measure_complexity
-    from .data import EVAL_PRESETS
+    from .config import compose, resolved
     from .model import ModelArgs
     from .weights import to_model
 
@@ -136,8 +130,6 @@ def import_weights(sources: list[str], out: str, override_items: list[str] = ())
         resolution, resolution_from = src.resolution, src.details.get("resolution_from", "file")
     else:
         resolution, resolution_from = DEFAULT_RESOLUTION, "default (the file does not record it)"
-    if not isinstance(resolution, int):
-        raise UserError(f"model.resolution={resolution} must be an integer")
     model, args, info = to_model(src, resolution, padding=model_opts.get("padding", "tf_same"),
                                  keep_background=keep_background, dropout=model_opts.get("dropout", 0.0),
                                  bn_momentum=model_opts.get("bn_momentum", ModelArgs.bn_momentum))
@@ -148,14 +140,7 @@ def import_weights(sources: list[str], out: str, override_items: list[str] = ())
                      "data.eval_preset": src.eval_preset})
     user_keys = {item.partition("=")[0].lstrip("+") for item in config_overrides}
     overrides = [f"{k}={v}" for k, v in inferred.items() if k not in user_keys] + config_overrides
-    cfg = compose_config(overrides)
-    job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-    try:
-        config = OmegaConf.to_container(job, resolve=True, throw_on_missing=True)
-    except OmegaConfBaseException as e:  # an override whose interpolation cannot resolve
-        raise UserError(f"the configuration does not resolve: {e}") from None
-    if config["data"]["eval_preset"] not in EVAL_PRESETS:
-        raise UserError(f"data.eval_preset={config['data']['eval_preset']} is unknown: use one of {', '.join(EVAL_PRESETS)}")
+    config = resolved(compose(overrides))
     if ModelArgs.from_config(config["model"]) != args:
         raise UserError(f"the overrides {' '.join(config_overrides)} change the model the file describes: "
                         f"drop the model-related ones")
@@ -178,42 +163,7 @@ def import_weights(sources: list[str], out: str, override_items: list[str] = ())
     return {"out": str(out_path), "args": args, "complexity": complexity, "classes": classes, **record}
 
 
-def import_cli(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        usage=f"{PROG} SRC [SRC ...] OUT.pt [key=value ...]",
-        description="Import Google's MobileNet v1 weights (Keras HDF5, TF.js layers model, TF-Lite float or 8-bit) "
-                    "as a mobilenet-train checkpoint.",
-        epilog="SRC: a Keras .h5 weights file, a TF.js model.json (or its directory), or a .tflite file; a TF-Lite "
-               "model split into pieces takes each piece in order. Overrides: keep_background=true, "
-               "model.resolution=N, model.padding=symmetric, model.dropout=P, and any config key to store "
-               "(data.root=..., data.eval_preset=tf|keras|default).",
-    )
-    parser.add_argument("paths", nargs="+", metavar="SRC|OUT.pt|key=value",
-                        help="the source file(s), then the output checkpoint; overrides anywhere")
-    ns = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    # key=value items may come anywhere; everything else is a path, the last one the output.
-    overrides = [a for a in ns.paths if "=" in a and not Path(a).exists()]
-    paths = [a for a in ns.paths if a not in overrides]
-    try:
-        if len(paths) < 2:
-            raise UserError("give at least one source and the output file: mobilenet-import SRC [SRC ...] OUT.pt")
-        r = import_weights(paths[:-1], paths[-1], overrides)
-    except UserError as e:
-        fail(PROG, e)
-    a = r["args"]
-    bn = "BN folded into conv biases" if a.norm == "none" else f"BN (eps {a.bn_eps:g})"
-    print(f"imported    {r['format']}: {', '.join(r['sources'])}")
-    print(f"model       MobileNet v1 alpha={a.alpha} resolution={a.resolution} ({r['resolution_from']}), "
-          f"{a.padding} padding, {a.activation}, {bn}: {r['complexity']['params'] / 1e6:.2f}M params, "
-          f"{r['complexity']['mult_adds'] / 1e6:.1f}M mult-adds")
-    dropped = ", background logit dropped" if r["dropped_background"] else ""
-    names = "ImageNet wnids" if r["classes"] else "no class names"
-    print(f"classes     {a.num_classes} ({names}{dropped})")
-    print(f"eval        data.eval_preset={r['eval_preset']}, data.normalization=inception (x/127.5 - 1)")
-    print(f"written     {r['out']}")
+if __name__ == "__main__":  # python -m mobilenet_train.importer: the same as mobilenet-import
+    from .cli.importer import main
 
-
-if __name__ == "__main__":
-    import_cli(sys.argv[1:])
+    main()

@@ -9,19 +9,13 @@ to compare against, and every disagreement is explained from the measured layers
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-
 import torch
 from torch import nn
 
 from . import published
 from .complexity import count_params, counted_forward
-from .errors import UserError, fail
 from .model import MobileNetV1, ModelArgs
 
-PROG = "mobilenet-info"
 # Table 2's layer types, in the paper's order.
 TABLE2_TYPES = ("Conv 1x1", "Conv DW 3x3", "Conv 3x3", "Fully Connected")
 GRID_EXPERIMENT = "paper_grid"  # its hydra.sweeper.params are the grid's axes (one source of truth)
@@ -205,9 +199,9 @@ def grid_axes() -> tuple[list[float], list[int]]:
     """alpha and resolution values of the paper_grid experiment's sweep."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from .cli import compose_config
+    from .config import compose
 
-    params = compose_config([f"+experiment={GRID_EXPERIMENT}"]).hydra.sweeper.params
+    params = compose([f"+experiment={GRID_EXPERIMENT}"]).hydra.sweeper.params
     parser = OverridesParser.create()
     axes = {}
     for key in ("model.alpha", "model.resolution"):
@@ -301,43 +295,14 @@ def format_grid(g: dict) -> str:
     return "\n".join(out)
 
 
-# ----------------------------------------------------------------------------- CLI
-
-
 def model_args(overrides: list[str]) -> ModelArgs:
-    from .cli import compose_config
+    """The model the config composes to with `overrides`, as mobilenet-train would build it."""
+    from .config import compose
 
-    for item in overrides:
-        if "=" not in item:
-            raise UserError(f"'{item}' is not a key=value override (e.g. model.alpha=0.75 or model=mobilenet_v1_conv)")
-    cfg = compose_config(overrides)
-    return ModelArgs.from_config(cfg.model)
+    return ModelArgs.from_config(compose(overrides).model)
 
 
-def info_cli(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Table 1 (layers) and Table 2 (resources per layer type) of the MobileNet paper for the model "
-                    "the config composes to, or the 4x4 alpha x resolution grid of mult-adds and params.",
-        epilog="examples: mobilenet-info; mobilenet-info model.alpha=0.75 model.resolution=160; "
-               "mobilenet-info model=mobilenet_v1_conv --json; mobilenet-info --grid",
-    )
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="config overrides, as for mobilenet-train (model=..., model.alpha=..., +experiment=...)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    parser.add_argument("--grid", action="store_true", help="the paper's 16 alpha x resolution models instead of one")
-    ns = parser.parse_args(argv)
-    try:
-        args = model_args(ns.overrides)
-        result = grid(args) if ns.grid else describe(args)
-    except UserError as e:
-        fail(PROG, e)
-    if ns.json:
-        json.dump(result, sys.stdout, indent=2)
-        print()
-    else:
-        print(format_grid(result) if ns.grid else format_info(result))
+if __name__ == "__main__":  # python -m mobilenet_train.info: the same as mobilenet-info
+    from .cli.info import main
 
-
-if __name__ == "__main__":
-    info_cli()
+    main()

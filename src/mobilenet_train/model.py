@@ -41,8 +41,6 @@ BLOCKS: tuple[tuple[int, int], ...] = (
 )
 # Table 5's "shallow" network drops the five 14x14x512 separable blocks (indices 6..10).
 SHALLOW_REMOVED = range(6, 11)
-VARIANTS = ("separable", "conv", "shallow")
-NORMS = ("batchnorm", "none")
 NUM_STRIDE2 = 5  # the stem plus four stride-2 blocks: the output is input / 32
 
 
@@ -74,28 +72,16 @@ class ModelArgs:
         return asdict(self)
 
     def validate(self) -> None:
-        if not (isinstance(self.alpha, (int, float)) and self.alpha > 0):
-            raise UserError(f"model.alpha={self.alpha} must be a number > 0 (e.g. model.alpha=0.75)")
-        min_res = 2 ** NUM_STRIDE2
-        if not isinstance(self.resolution, int) or self.resolution < min_res:
-            raise UserError(
-                f"model.resolution={self.resolution} is too small for five stride-2 stages: "
-                f"use an integer >= {min_res} (e.g. model.resolution=128)"
-            )
-        if self.variant not in VARIANTS:
-            raise UserError(f"model.variant={self.variant} is unknown: use one of {', '.join(VARIANTS)}")
-        if self.activation not in ("relu", "relu6"):
-            raise UserError(f"model.activation={self.activation} is unknown: use relu or relu6")
-        if self.norm not in NORMS:
-            raise UserError(f"model.norm={self.norm} is unknown: use batchnorm, or none (conv biases, BN folded in)")
-        if self.padding not in ("symmetric", "tf_same"):
-            raise UserError(f"model.padding={self.padding} is unknown: use symmetric or tf_same")
-        if not isinstance(self.num_classes, int) or self.num_classes < 1:
-            raise UserError(f"model.num_classes={self.num_classes} must be a positive integer")
-        if not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"model.dropout={self.dropout} must be in [0, 1)")
-        if not isinstance(self.round_to, int) or self.round_to < 1:
-            raise UserError(f"model.round_to={self.round_to} must be a positive integer (1 or 8)")
+        """The ranges and choices of the config schema (model.*), so a bad value reads the same
+        whether it came from the command line, a checkpoint or Python."""
+        from .config.schema import ModelConfig, check
+
+        check(ModelConfig, {k: v for k, v in self.to_dict().items()}, "model.")
+        for name in ("resolution", "num_classes", "round_to", "min_channels"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise UserError(f"model.{name}={value} must be an integer (e.g. model.{name}="
+                                f"{getattr(ModelArgs, name)})")
 
     def channels(self, base: int) -> int:
         """Width of a layer with `base` channels at alpha=1."""

@@ -21,21 +21,19 @@ metrics.jsonl line, a run without a val metric yet) is reported and skipped, nev
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
 import math
 import os
 import shutil
-import sys
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from . import published
 from .checkpoint import atomic_write_bytes, atomic_write_text
-from .errors import UserError, fail
+from .errors import UserError
 
 PROG = "mobilenet-report"
 OUTPUTS = ("report.md", "report.csv", "accuracy_vs_mult_adds.png", "accuracy_vs_params.png")
@@ -702,49 +700,7 @@ def write_report(paths: list[str], out: Path, tb: Path | None = None) -> tuple[l
     return table, skipped
 
 
-def _split_args(items: list[str]) -> tuple[list[str], dict]:
-    """Paths, and the out=/tb= options (run dirs such as alpha=0.5,res=160 stay paths)."""
-    paths, opts = [], {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if sep and key in ("out", "tb"):
-            if not value:
-                raise UserError(f"'{item}' needs a directory, e.g. {key}=report")
-            opts[key] = value
-        else:
-            paths.append(item)
-    return paths, opts
+if __name__ == "__main__":  # python -m mobilenet_train.report: the same as mobilenet-report
+    from .cli.report import main
 
-
-def report_cli(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Tables and accuracy-vs-cost plots (paper Tables 6/7, Figures 4/5) for training runs and "
-                    "eval.json results, beside the paper's and TF-slim's published numbers.",
-        epilog="examples: mobilenet-report multirun/paper_grid/2025-01-01_12-00-00 out=report; "
-               "mobilenet-report outputs multirun out=report --tensorboard; mobilenet-report outputs tb=tb_sweep",
-    )
-    parser.add_argument("items", nargs="+", metavar="RUN_OR_DIR",
-                        help="run dirs, dirs holding runs (searched recursively), metrics.jsonl or eval JSON files; "
-                             "plus out=DIR (default: report) and tb=DIR")
-    parser.add_argument("--tensorboard", action="store_true", help="also write every run's scalars to OUT/tb")
-    ns = parser.parse_args(argv)
-    try:
-        paths, opts = _split_args(ns.items)
-        if not paths:
-            raise UserError("no run or directory given (e.g. mobilenet-report multirun/ out=report)")
-        out = Path(opts.get("out", "report"))
-        tb = Path(opts["tb"]) if "tb" in opts else (out / "tb" if ns.tensorboard else None)
-        table, skipped = write_report(paths, out, tb)
-    except UserError as e:
-        fail(PROG, e)
-    for s in skipped:
-        print(f"{PROG}: skipped {s}", file=sys.stderr)
-    print("\n".join(results_table(table)))
-    written = [*OUTPUTS, *([LATENCY_OUTPUT] if any(r.get("latency_threads") for r in table) else [])]
-    print(f"\n{len(table)} result(s); written: " + ", ".join(str(out / f) for f in written)
-          + (f", {tb}" if tb is not None else ""))
-
-
-if __name__ == "__main__":
-    report_cli()
+    main()

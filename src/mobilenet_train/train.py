@@ -1,6 +1,6 @@
-"""`python -m mobilenet_train.train ...` (what torchrun launches): same as `mobilenet-train`."""
-
-from .cli import train_cli
+"""`python -m mobilenet_train.train` (what torchrun and Slurm start): the same as mobilenet-train."""
 
 if __name__ == "__main__":
-    train_cli()
+    from mobilenet_train.cli.train import main
+
+    main()

@@ -1,0 +1,48 @@
+"""`mobilenet-eval CKPT [key=value ...]`: score a checkpoint, print and write eval.json."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from ..config.help import options_help
+from ..errors import UserError, fail
+
+PROG = "mobilenet-eval"
+
+
+def _print(r: dict) -> None:
+    print(f"checkpoint  {r['checkpoint']}{' (EMA weights)' if r['use_ema'] else ''}")
+    print(f"model       MobileNet v1 {r['variant']} alpha={r['alpha']} resolution={r['resolution']}: "
+          f"{r['params'] / 1e6:.2f}M params, {r['mult_adds'] / 1e6:.1f}M mult-adds")
+    print(f"data        {r['dataset']} {r['split']} ({r['num_images']} images, eval preset {r['eval_preset']})")
+    print(f"top-1       {r['top1']:.2f}%")
+    print(f"top-5       {r['top5']:.2f}%")
+    print(f"loss        {r['loss']:.4f}")
+    print(f"speed       {r['images_per_sec']:.0f} images/s on {r['device']}")
+    print(f"written     {r['out']}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Evaluate a mobilenet-train checkpoint on its validation data (rebuilt from the checkpoint).",
+        epilog="overrides: any key of the checkpoint's config, as for mobilenet-train (data.root=..., "
+               "data=imagenet_shards, data.batch_size=..., data.eval_preset=tf, model.resolution=...), and\n"
+               + options_help(PROG),
+    )
+    parser.add_argument("checkpoint", help="a checkpoint written by mobilenet-train or mobilenet-import")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    ns = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        from ..evaluation import evaluate_checkpoint
+
+        result = evaluate_checkpoint(ns.checkpoint, ns.overrides)
+    except UserError as e:
+        fail(PROG, e)
+    _print(result)
+
+
+if __name__ == "__main__":
+    main()

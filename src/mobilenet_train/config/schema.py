@@ -1,0 +1,395 @@
+"""The typed schema of every config key: type, default, allowed values and a one-line doc.
+
+Each dataclass is one config group (registered in Hydra's ConfigStore, see `compose.py`) or the
+options of one command. OmegaConf enforces the types when the config is composed; `check`
+enforces the ranges and choices written beside each field, and `CROSS_CHECKS` the rules between
+fields. Nothing else restates a default: code reads `cfg.data.jpeg_draft`, never `.get(key, default)`.
+
+Choices are plain strings checked here rather than Enums: an Enum would travel into the
+checkpoint's config and `torch.load(weights_only=True)` refuses to unpickle it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import II, MISSING
+
+from ..errors import UserError
+
+# ----------------------------------------------------------------------------- field specs
+
+
+def key(default: Any, doc: str, *, choices: tuple | None = None, ge: float | None = None, gt: float | None = None,
+        le: float | None = None, lt: float | None = None, example: Any = None, factory: Callable | None = None,
+        length: int | None = None):
+    """A schema field: its default, a one-line doc, and what values are allowed."""
+    meta = {"doc": doc, "choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt, "example": example,
+            "length": length}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def section(cls: type, doc: str):
+    """A nested group of keys (e.g. trainer.ema)."""
+    return field(default_factory=cls, metadata={"doc": doc, "section": True})
+
+
+# ----------------------------------------------------------------------------- model
+
+
+VARIANTS = ("separable", "conv", "shallow")
+
+
+@dataclass
+class ModelConfig:
+    variant: str = key("separable", "separable: the paper's network (Table 1); conv: full 3x3 convs (Table 4); "
+                       "shallow: the five 14x14x512 blocks removed (Table 5)", choices=VARIANTS)
+    alpha: float = key(1.0, "width multiplier: channels = int(alpha * C) (paper: 1.0, 0.75, 0.5, 0.25)", gt=0,
+                       le=8, example=0.75)
+    resolution: int = key(224, "input side in pixels (rho * 224); >= 32 for the five stride-2 stages", ge=32,
+                          le=4096, example=160)
+    num_classes: int = key(II("data.num_classes"), "classifier outputs (follows data.num_classes)", ge=1, example=1000)
+    dropout: float = key(0.0, "dropout before the classifier (TF-slim: keep_prob 0.999)", ge=0, lt=1, example=0.2)
+    activation: str = key("relu", "relu (the paper) | relu6 (TF-slim / Keras releases)", choices=("relu", "relu6"))
+    padding: str = key("symmetric", "symmetric | tf_same (TensorFlow SAME: stride-2 convs pad 0 top/left, 1 "
+                       "bottom/right)", choices=("symmetric", "tf_same"))
+    round_to: int = key(1, "1: int(alpha * C) as the paper; 8: channels rounded to multiples of 8", ge=1, le=64,
+                        example=8)
+    min_channels: int = key(8, "narrowest layer allowed (TF-slim's min_depth)", ge=1, le=1024, example=8)
+    norm: str = key("batchnorm", "batchnorm | none (no BN, a bias on every conv: imported TF-Lite models, BN folded)",
+                    choices=("batchnorm", "none"))
+    bn_momentum: float = key(0.1, "BatchNorm momentum, PyTorch convention (TF decay 0.9997 ~ 0.0003)", gt=0, le=1)
+    bn_eps: float = key(1e-5, "BatchNorm epsilon (Keras releases: 0.001)", gt=0, lt=1, example=0.001)
+    init: Optional[str] = key(None, "start from this checkpoint's weights (trained or mobilenet-import'ed; see "
+                              "+experiment=finetune); its architecture is used", example="imported.pt")
+
+
+# ----------------------------------------------------------------------------- data
+
+
+EVAL_PRESETS = ("default", "tf", "keras")
+
+
+@dataclass
+class FakeDataConfig:
+    train_size: int = key(2048, "data=fake: random training images per epoch", ge=1, example=2048)
+    val_size: int = key(512, "data=fake: random validation images", ge=1, example=512)
+
+
+@dataclass
+class ShapesConfig:
+    seed: int = key(0, "data=shapes: generator seed (the dataset is a pure function of these keys)", ge=0)
+    image_size: int = key(80, "data=shapes: side of the generated JPEGs in pixels", ge=16, le=1024, example=80)
+    train_per_class: int = key(800, "data=shapes: training images per class", ge=1, example=800)
+    val_per_class: int = key(100, "data=shapes: validation images per class", ge=1, example=100)
+
+
+@dataclass
+class DataConfig:
+    name: str = key("imagenet", "dataset kind (set by the data= option)",
+                    choices=("imagenet", "imagenet_shards", "shapes", "fake"))
+    root: Optional[str] = key(None, "dataset root: ROOT/train/<class>/*.JPEG, ROOT/val/<class>/*.JPEG (shards: "
+                              "ROOT/index.json); data=shapes generates it when null", example="/datasets/imagenet")
+    num_classes: int = key(1000, "classes in the dataset (checked against the class directories)", ge=1,
+                           example=1000)
+    batch_size: int = key(256, "GLOBAL batch per optimizer step (all processes, all accumulation steps)", ge=1,
+                          example=256)
+    eval_batch_size: int = key(256, "global batch for evaluation", ge=1, example=256)
+    num_workers: int = key(8, "loader processes per training process (0: load in the main process)", ge=0, le=256,
+                           example=8)
+    min_crop_area: float = key(0.25, "random-resized-crop scale range [min_crop_area, 1]", gt=0, le=1, example=0.25)
+    crop_ratio: list[float] = key(None, "random-resized-crop aspect-ratio range [low, high]",
+                                  factory=lambda: [0.75, 4 / 3], length=2, gt=0, example="[0.75,1.3333]")
+    hflip: float = key(0.5, "probability of a horizontal flip", ge=0, le=1, example=0.5)
+    eval_crop_fraction: float = key(0.875, "eval: the crop covers this fraction of the resized side "
+                                    "(224 / 0.875 = 256)", gt=0, le=1, example=0.875)
+    eval_preset: str = key("default", "eval preprocessing: default (shorter side to resolution / crop fraction, "
+                           "centre crop) | tf (central crop, resize to NxN: TF-slim) | keras (whole image to NxN)",
+                           choices=EVAL_PRESETS)
+    interpolation: str = key("bilinear", "resampling filter", choices=("bilinear", "bicubic"))
+    normalization: str = key("inception", "inception: x/127.5 - 1 (TF-slim) | imagenet: mean/std",
+                             choices=("inception", "imagenet"))
+    format: str = key("folder", "folder (ImageFolder layout) | shards (mobilenet-data pack; see data=imagenet_shards)",
+                      choices=("folder", "shards"))
+    decode: str = key("cpu", "cpu: PIL in the loader workers | gpu: nvJPEG batch decode + augmentation on the GPU "
+                      "(CUDA only)", choices=("cpu", "gpu"))
+    jpeg_draft: bool = key(True, "let libjpeg downscale by 1/2, 1/4, 1/8 in the DCT domain when the crop allows it")
+    max_bad_share: float = key(0.001, "an epoch stops when more than this share of its images fail to load",
+                               ge=0, le=1, example=0.001)
+    train_split: str = key("train", "training split directory under root", example="train")
+    val_split: str = key("val", "validation split directory under root", example="val")
+    shuffle_buffer: int = key(2000, "shards: samples held per loader worker for the in-stream shuffle", ge=1,
+                              example=2000)
+    fake: FakeDataConfig = section(FakeDataConfig, "data=fake: sizes of the random dataset")
+    generate: ShapesConfig = section(ShapesConfig, "data=shapes: how the embedded dataset is generated")
+
+
+# ----------------------------------------------------------------------------- optimizer, schedule
+
+
+@dataclass
+class OptimConfig:
+    name: str = key("rmsprop", "optimizer (set by the optim= option): rmsprop (TensorFlow's, timm RMSpropTF) | sgd",
+                    choices=("rmsprop", "sgd"))
+    lr: float = key(0.045, "base learning rate for a global batch of 256 (see scale_lr)", gt=0, le=100, example=0.045)
+    scale_lr: bool = key(True, "lr = optim.lr * data.batch_size / 256")
+    decay: float = key(0.9, "rmsprop: decay (rho) of the mean square", gt=0, lt=1, example=0.9)
+    momentum: float = key(0.9, "momentum", ge=0, lt=1, example=0.9)
+    eps: float = key(1.0, "rmsprop: epsilon (inside the square root, as TensorFlow)", gt=0, le=10, example=1.0)
+    nesterov: bool = key(True, "sgd: Nesterov momentum")
+    weight_decay: float = key(4e-5, "L2 on conv and FC weights (TF-slim's regularizer)", ge=0, lt=1, example=4e-5)
+    decay_depthwise: bool = key(False, "also decay depthwise filters (the paper: little or none)")
+    decay_norm: bool = key(False, "also decay BN gamma and beta")
+    decay_bias: bool = key(False, "also decay biases")
+    label_smoothing: float = key(0.0, "label smoothing of the cross-entropy (the paper: none)", ge=0, lt=1,
+                                 example=0.1)
+
+
+@dataclass
+class SchedConfig:
+    name: str = key("exponential", "schedule (set by the sched= option): exponential (x decay_rate every "
+                    "decay_epochs, staircase: TF-slim) | cosine", choices=("exponential", "cosine"))
+    warmup_epochs: float = key(0.0, "linear warmup from warmup_lr_init (epochs, fractions allowed)", ge=0,
+                               example=5)
+    warmup_lr_init: float = key(1e-6, "absolute lr at step 0 of the warmup", ge=0, example=1e-6)
+    decay_epochs: float = key(2.0, "exponential: epochs between decays", gt=0, example=2.0)
+    decay_rate: float = key(0.94, "exponential: lr factor per decay", gt=0, le=1, example=0.94)
+    min_lr: float = key(0.0, "cosine: lr at the last step", ge=0, example=0.0)
+
+
+# ----------------------------------------------------------------------------- trainer
+
+
+@dataclass
+class EmaConfig:
+    enabled: bool = key(False, "keep an EMA of the weights (timm ModelEmaV3) and evaluate it too")
+    decay: float = key(0.9998, "EMA decay per optimizer step", gt=0, lt=1, example=0.9998)
+    warmup: bool = key(False, "timm's EMA warmup (a lower decay early on)")
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = key(100, "epochs to train (a resumed run trains up to this many)", ge=1, example=100)
+    device: str = key("auto", "auto (cuda if available, else cpu) | cpu | cuda | cuda:N", example="cpu")
+    amp: str = key("none", "mixed precision: none | bf16 (CPU or GPU) | fp16 (GPU, with GradScaler)",
+                   choices=("none", "bf16", "fp16"))
+    channels_last: bool = key(True, "NHWC memory format on the device")
+    compile: bool = key(False, "torch.compile the training model")
+    accum_steps: int = key(1, "gradient accumulation: micro-batches per optimizer step", ge=1, le=1024, example=2)
+    grad_clip: float = key(0.0, "max global grad norm; 0 disables", ge=0, example=1.0)
+    freeze_backbone_epochs: int = key(0, "fine-tuning: train only the classifier for this many epochs", ge=0,
+                                      example=2)
+    ema: EmaConfig = section(EmaConfig, "exponential moving average of the weights")
+    eval_every_epochs: int = key(1, "validate every N epochs (and after the last)", ge=1, example=1)
+    log_every_steps: int = key(50, "host syncs (loss, accuracy, NaN check) only every N optimizer steps", ge=1,
+                               example=50)
+    checkpoint_every_steps: int = key(0, "also write last.pt every N optimizer steps (0: once per epoch)", ge=0,
+                                      example=1000)
+    resume: str = key("auto", "auto: resume from <run dir>/checkpoints/last.pt if present | PATH | none",
+                      example="none")
+    progress: str = key("auto", "progress bar: auto (when stderr is a terminal) | true | false",
+                        choices=("auto", "true", "false"))
+    deterministic: bool = key(False, "bit-reproducible CPU runs: deterministic algorithms")
+    sync_bn: bool = key(False, "distributed: SyncBatchNorm across ranks (CUDA only)")
+    dist_timeout_s: int = key(300, "distributed: give up (one clear error) if the process group cannot form in time",
+                              ge=1, example=300)
+
+
+# ----------------------------------------------------------------------------- the whole config
+
+
+@dataclass
+class TrainConfig:
+    """The top level of `mobilenet-train`'s config (configs/train.yaml)."""
+
+    model: ModelConfig = section(ModelConfig, "the network (model= options)")
+    data: DataConfig = section(DataConfig, "the dataset and its preprocessing (data= options)")
+    optim: OptimConfig = section(OptimConfig, "the optimizer (optim= options)")
+    sched: SchedConfig = section(SchedConfig, "the learning-rate schedule (sched= options)")
+    trainer: TrainerConfig = section(TrainerConfig, "the training loop (trainer= options)")
+    seed: int = key(0, "seed of everything: weights, sampling, augmentation (per sample), dropout", ge=0,
+                    le=2**32 - 1, example=0)
+    run_name: str = key("mobilenet_v1", "a readable name for the run: the default run dir and TensorBoard",
+                        example="my_run")
+
+
+# The config groups: the group name, its schema, and the YAML options in configs/<group>/.
+GROUPS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "sched": SchedConfig,
+          "trainer": TrainerConfig}
+
+
+# ----------------------------------------------------------------------------- command options
+
+
+@dataclass
+class EvalOptions:
+    """Keys of `mobilenet-eval` itself (everything else is a key of the checkpoint's config)."""
+
+    use_ema: bool = key(False, "evaluate the checkpoint's EMA weights")
+    out: Optional[str] = key(None, "where eval.json goes (default: beside the checkpoint)", example="eval.json")
+    device: str = key("auto", "auto | cpu | cuda | cuda:N", example="cpu")
+    amp: str = key("none", "autocast: none | bf16 | fp16 (CUDA)", choices=("none", "bf16", "fp16"))
+    progress: str = key("auto", "progress bar: auto | true | false", choices=("auto", "true", "false"))
+
+
+@dataclass
+class ImportOptions:
+    """Keys of `mobilenet-import` itself (model.* settings and config keys are the config's)."""
+
+    keep_background: bool = key(False, "TF-Lite: keep the background logit (1001 classes)")
+
+
+@dataclass
+class ReportOptions:
+    """Keys of `mobilenet-report` (everything else on its command line is a path)."""
+
+    out: str = key("report", "directory for report.md, report.csv and the plots", example="report")
+    tb: Optional[str] = key(None, "also write every run's scalars to this TensorBoard dir", example="tb_sweep")
+
+
+COMMAND_OPTIONS: dict[str, type] = {"mobilenet-eval": EvalOptions, "mobilenet-import": ImportOptions,
+                                    "mobilenet-report": ReportOptions}
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def leaf_fields(cls: type, prefix: str = ""):
+    """(dotted key, dataclass field) of every leaf key of `cls`, nested sections included."""
+    for f in dataclasses.fields(cls):
+        name = f"{prefix}{f.name}"
+        if f.metadata.get("section"):
+            yield from leaf_fields(f.default_factory, f"{name}.")
+        else:
+            yield name, f
+
+
+def find_field(cls: type, dotted: str):
+    """The field for `dotted` (e.g. 'trainer.ema.decay') in `cls`, or None."""
+    for name, f in leaf_fields(cls):
+        if name == dotted:
+            return f
+    return None
+
+
+def type_name(f) -> str:
+    t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    return t.replace("Optional[", "").rstrip("]") if t.startswith("Optional[") else t
+
+
+def allowed(f) -> str:
+    """What a field allows, in words: 'a float in (0, 1]', 'one of relu, relu6'."""
+    m = f.metadata
+    if m.get("choices"):
+        return "one of " + ", ".join(m["choices"])
+    t = type_name(f)
+    words = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+             "list[float]": f"a list of {m.get('length') or 'some'} numbers"}.get(t, t)
+    low = f"{'>=' if m.get('ge') is not None else '>'} {_fmt(m['ge'] if m.get('ge') is not None else m['gt'])}" \
+        if m.get("ge") is not None or m.get("gt") is not None else ""
+    high = f"{'<=' if m.get('le') is not None else '<'} {_fmt(m['le'] if m.get('le') is not None else m['lt'])}" \
+        if m.get("le") is not None or m.get("lt") is not None else ""
+    bounds = " and ".join(b for b in (low, high) if b)
+    if t.startswith("list") and bounds:
+        return f"{words}, each {bounds}"
+    optional = " (or null)" if "Optional" in str(f.type) else ""
+    return f"{words}{' ' + bounds if bounds else ''}{optional}"
+
+
+def example(f, name: str) -> str:
+    m = f.metadata
+    value = m.get("example")
+    if value is None and m.get("choices"):
+        value = m["choices"][-1] if f.default == m["choices"][0] else m["choices"][0]
+    if value is None and f.default is not dataclasses.MISSING and not isinstance(f.default, str | type(None)):
+        value = f.default
+    if value is None and type_name(f) == "bool":
+        value = not f.default
+    if isinstance(value, bool):
+        value = str(value).lower()
+    return f"{name}={value}" if value is not None else f"{name}=..."
+
+
+def _fmt(x) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def bad_value(name: str, value, f, problem: str = "") -> UserError:
+    shown = "null" if value is None else (str(value).lower() if isinstance(value, bool) else value)
+    what = f" ({problem})" if problem else ""
+    return UserError(f"{name}={shown} is not allowed{what}: {name} takes {allowed(f)}, e.g. {example(f, name)}")
+
+
+def check_value(name: str, value, f) -> None:
+    """Raise UserError if `value` breaks the range or the choices of field `f`."""
+    m = f.metadata
+    if value is None or isinstance(value, str) and value == MISSING:
+        return  # Optional fields; mandatory values are reported by the resolver (throw_on_missing)
+    values = list(value) if isinstance(value, list | tuple) or hasattr(value, "__len__") and not isinstance(
+        value, str) else [value]
+    if m.get("length") is not None and len(values) != m["length"]:
+        raise bad_value(name, value, f, f"{len(values)} values")
+    if m.get("choices") and str(value) not in m["choices"]:
+        raise bad_value(name, value, f)
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            continue
+        if isinstance(v, float) and not math.isfinite(v):
+            raise bad_value(name, value, f, "not finite")
+        if (m.get("ge") is not None and v < m["ge"]) or (m.get("gt") is not None and v <= m["gt"]) or \
+                (m.get("le") is not None and v > m["le"]) or (m.get("lt") is not None and v >= m["lt"]):
+            raise bad_value(name, value, f, "out of range")
+
+
+def check(cls: type, values: Mapping, prefix: str = "") -> None:
+    """Every key of `values` that `cls` describes keeps its range and choices."""
+    for name, f in leaf_fields(cls):
+        node = values
+        for part in name.split("."):
+            if node is None or part not in node:
+                node = _ABSENT
+                break
+            node = node[part]
+        if node is not _ABSENT:
+            check_value(prefix + name, node, f)
+
+
+_ABSENT = object()
+
+
+# ----------------------------------------------------------------------------- rules between keys
+
+
+def _crop_ratio_ordered(cfg) -> None:
+    low, high = cfg.data.crop_ratio
+    if low > high:
+        raise UserError(f"data.crop_ratio=[{low},{high}] is not a range: give [low,high] with low <= high, "
+                        f"e.g. data.crop_ratio=[0.75,1.3333]")
+
+
+def _shards_format(cfg) -> None:
+    if cfg.data.name == "imagenet_shards" and cfg.data.format != "shards":
+        raise UserError(f"data=imagenet_shards reads shards but data.format={cfg.data.format}: drop the override "
+                        f"(or use data=imagenet for folders)")
+
+
+def _device_name(cfg) -> None:
+    device = str(cfg.trainer.device)
+    head, _, index = device.partition(":")
+    if head not in ("auto", "cpu", "cuda") or (index and (head != "cuda" or not index.isdigit())):
+        raise UserError(f"trainer.device={device} is not a device: use auto, cpu, cuda or cuda:N, "
+                        f"e.g. trainer.device=cpu")
+
+
+def _resume_value(cfg) -> None:
+    if not str(cfg.trainer.resume).strip():
+        raise UserError("trainer.resume is empty: use auto, none, or a path to a checkpoint, e.g. trainer.resume=none")
+
+
+CROSS_CHECKS: tuple[Callable, ...] = (_crop_ratio_ordered, _shards_format, _device_name, _resume_value)

@@ -1,0 +1,74 @@
+"""Score a checkpoint on labelled data: the library side of `mobilenet-eval`.
+
+The model is rebuilt from the checkpoint alone; the data side is the checkpoint's own config
+with the user's overrides, read with mobilenet-train's meaning (`data=imagenet_shards` selects
+that option, `data.root=...` sets a key) and checked against the schema before anything loads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from .checkpoint import atomic_write_json, load_checkpoint
+from .complexity import measure_complexity
+from .config import apply_overrides, parse_options, parse_overrides, typed_config
+from .config.schema import EvalOptions
+from .data import DevicePreprocess, build_data
+from .engine import autocast_dtype, evaluate, model_from_checkpoint, progress_enabled, resolve_device  # TODO merge
+from .errors import UserError
+
+# Model settings an evaluation may change without contradicting the checkpoint.
+FREE_MODEL_KEYS = {"resolution"}
+
+
+def eval_config(ckpt: dict, items: list[str]) -> tuple[DictConfig, DictConfig]:
+    """(the checkpoint's config with the overrides applied, mobilenet-eval's own options)."""
+    opts, rest = parse_options(EvalOptions, list(items), others=True)
+    # In eval, the batch asked for is the eval batch.
+    rest = [f"data.eval_batch_size={line.partition('=')[2]}" if line.startswith("data.batch_size=") else line
+            for line in rest]
+    stored = ckpt["model_args"]
+    for o in parse_overrides(rest):
+        name = o.key_or_group.removeprefix("model.")
+        if o.key_or_group.startswith("model.") and name not in FREE_MODEL_KEYS and name in stored \
+                and stored[name] != o.value():
+            raise UserError(f"the checkpoint's model has {o.key_or_group}={stored[name]} but the override says "
+                            f"{o.input_line}: drop the override (the model is rebuilt from the checkpoint)")
+    cfg = apply_overrides(typed_config(ckpt["config"]), rest)
+    cfg.trainer.device = opts.device
+    return cfg, opts
+
+
+def evaluate_checkpoint(ckpt_path: str, items: list[str]) -> dict:
+    """Evaluate, write eval.json (atomically) and return its content plus `out`."""
+    ckpt = load_checkpoint(ckpt_path)
+    cfg, opts = eval_config(ckpt, items)
+    device = resolve_device(str(opts.device))
+    amp = autocast_dtype(opts.amp, device)
+    model, args = model_from_checkpoint(ckpt, use_ema=opts.use_ema)
+    resolution = int(cfg.model.resolution)
+    complexity = measure_complexity(model, resolution)
+    data = build_data(cfg, resolution, train=False, pin_memory=device.type == "cuda")
+    if ckpt.get("classes") and list(ckpt["classes"]) != data.classes:
+        raise UserError(f"the evaluation data's classes differ from the checkpoint's ({len(data.classes)} vs "
+                        f"{len(ckpt['classes'])} classes, e.g. '{data.classes[0]}' vs '{ckpt['classes'][0]}'): "
+                        f"point data.root at the dataset the model was trained on")
+    model.to(device)
+    if cfg.trainer.channels_last:
+        model.to(memory_format=torch.channels_last)
+    prep = DevicePreprocess(cfg.data.normalization, device, cfg.trainer.channels_last)
+    metrics = evaluate(model, data.val_loader, prep, amp, desc="eval", progress=progress_enabled(opts.progress))
+    result = {
+        **metrics, **complexity,
+        "checkpoint": str(Path(ckpt_path).resolve()), "alpha": args.alpha, "resolution": resolution,
+        "variant": args.variant, "use_ema": opts.use_ema, "dataset": cfg.data.name,
+        "eval_preset": cfg.data.eval_preset, "data_root": str(cfg.data.root) if cfg.data.root else None,
+        "split": cfg.data.val_split, "epoch": ckpt.get("epoch"), "step": ckpt.get("step"), "device": str(device),
+        "amp": opts.amp, "model_args": {**args.to_dict(), "resolution": resolution},
+    }
+    out = Path(opts.out) if opts.out else Path(ckpt_path).with_name("eval.json")
+    atomic_write_json(out, result)
+    return {**result, "out": str(out)}
