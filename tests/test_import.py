@@ -512,7 +512,7 @@ def test_bad_command_lines(cli, capsys, tmp_path):
     assert "the output file" in import_error(capsys, src)
     assert "model.alpha is read from the weights file" in import_error(capsys, src, out, "model.alpha=0.5")
     assert "data.nope" in import_error(capsys, src, out, "data.nope=1")
-    assert "data.eval_preset=nope is unknown" in import_error(capsys, src, out, "data.eval_preset=nope")
+    assert "data.eval_preset=nope is not allowed" in import_error(capsys, src, out, "data.eval_preset=nope")
     # The console script itself, from another directory: the same one line, no traceback.
     proc = cli("mobilenet-import", str(tmp_path / "none.h5"), out, cwd=tmp_path, check=False)
     assert_one_line_error(proc, "none.h5 does not exist")

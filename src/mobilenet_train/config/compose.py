@@ -9,6 +9,7 @@ UserError line naming the key, the value, what is allowed and an example.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import os
 import re
@@ -48,10 +49,17 @@ def _rank_zero_only(value):
     return value if distributed.detect_launch().rank == 0 else None
 
 
+def _required(name: str):
+    """`key: ${mt_required:key}` in an experiment: the key must be given on the command line (a
+    YAML `???` cannot do it: merged onto the schema's default, OmegaConf keeps the default)."""
+    raise UserError(f"{name} is required and has no value: pass {name}=...")
+
+
 def register() -> None:
     """The resolvers configs/train.yaml uses and the schemas its options merge into (idempotent)."""
     OmegaConf.register_new_resolver("mt_run_stamp", _run_stamp, use_cache=True, replace=True)
     OmegaConf.register_new_resolver("mt_rank_zero_only", _rank_zero_only, replace=True)
+    OmegaConf.register_new_resolver("mt_required", _required, replace=True)
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
     for group, schema in GROUPS.items():
@@ -194,7 +202,9 @@ def resolved(cfg: DictConfig) -> dict:
     except MissingMandatoryValue as e:
         raise UserError(f"{e.full_key} is required and has no value: pass {e.full_key}=...") from None
     except OmegaConfBaseException as e:
-        raise UserError(f"the configuration does not resolve: {first_line(e)}") from None
+        # A resolver's UserError (mt_required) arrives as its message, OmegaConf drops the cause.
+        text = first_line(e).partition("UserError raised while resolving interpolation: ")
+        raise UserError(text[2] or f"the configuration does not resolve: {text[0]}") from None
 
 
 def validate(cfg: DictConfig) -> dict:
@@ -266,12 +276,31 @@ def set_value(cfg: DictConfig, name: str, value) -> None:
 def typed_config(stored: dict) -> DictConfig:
     """A checkpoint's config on the schema: keys added since it was written get their defaults,
     types are enforced, and unknown keys are refused by struct mode."""
+    stored = _words_for_bools(stored)
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), stored)
     except OmegaConfBaseException as e:
         raise UserError(f"the checkpoint's config does not fit this mobilenet-train's schema: {first_line(e)}") from None
     OmegaConf.set_struct(cfg, True)
     return cfg
+
+
+def field_value(value, f):
+    """A value for field `f` as OmegaConf should store it: `true` for a word field is the word."""
+    return str(value).lower() if isinstance(value, bool) and type_name(f) == "str" else value
+
+
+def _words_for_bools(stored: dict) -> dict:
+    """Older configs stored `trainer.progress=false` as a bool; the schema's field is the word."""
+    stored = copy.deepcopy(stored)
+    for name, f in leaf_fields(TrainConfig):
+        *parents, last = name.split(".")
+        node = stored
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and isinstance(node.get(last), bool) and type_name(f) == "str":
+            node[last] = str(node[last]).lower()
+    return stored
 
 
 def group_option(group: str, option: str) -> DictConfig:
@@ -295,7 +324,7 @@ def apply_overrides(cfg: DictConfig, items: list[str]) -> DictConfig:
         if f is None:
             raise unknown_key(name, where="the checkpoint's config")
         check_override_value(name, o.value(), f)
-        set_value(cfg, name, o.value())
+        set_value(cfg, name, field_value(o.value(), f))
     validate(cfg)
     return cfg
 
@@ -329,6 +358,6 @@ def parse_options(schema: type, items: list[str], others: bool = False) -> tuple
                 continue
             raise unknown_key(o.key_or_group, schema, "this command's options")
         check_override_value(o.key_or_group, o.value(), f)
-        set_value(opts, o.key_or_group, o.value())
+        set_value(opts, o.key_or_group, field_value(o.value(), f))
     check(schema, OmegaConf.to_container(opts))
     return opts, rest

@@ -137,7 +137,7 @@ class DataConfig:
 class OptimConfig:
     name: str = key("rmsprop", "optimizer (set by the optim= option): rmsprop (TensorFlow's, timm RMSpropTF) | sgd",
                     choices=("rmsprop", "sgd"))
-    lr: float = key(0.045, "base learning rate for a global batch of 256 (see scale_lr)", gt=0, le=100, example=0.045)
+    lr: float = key(0.045, "base learning rate for a global batch of 256 (see scale_lr)", gt=0, example=0.045)
     scale_lr: bool = key(True, "lr = optim.lr * data.batch_size / 256")
     decay: float = key(0.9, "rmsprop: decay (rho) of the mean square", gt=0, lt=1, example=0.9)
     momentum: float = key(0.9, "momentum", ge=0, lt=1, example=0.9)
@@ -335,7 +335,8 @@ def check_value(name: str, value, f) -> None:
         value, str) else [value]
     if m.get("length") is not None and len(values) != m["length"]:
         raise bad_value(name, value, f, f"{len(values)} values")
-    if m.get("choices") and str(value) not in m["choices"]:
+    word = str(value).lower() if isinstance(value, bool) else str(value)  # trainer.progress=true
+    if m.get("choices") and word not in m["choices"]:
         raise bad_value(name, value, f)
     for v in values:
         if isinstance(v, bool) or not isinstance(v, int | float):
