@@ -1,33 +1,45 @@
-# The two commands of the README: `make run` and `make test`. Both install first when
-# .venv is missing or older than pyproject.toml.
+# The two commands of the README: `make run` and `make test`. Each installs what it needs first,
+# when .venv lacks it or is older than pyproject.toml: `run` the core package, `test` and `lint`
+# the dev set (pytest, ruff and the ~1 GB deploy extra that the export tests need).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+CORE_STAMP := $(VENV)/.installed-core
+DEV_STAMP := $(VENV)/.installed-dev
 RUN_DIR ?= outputs/quickstart
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-all clean
+.PHONY: install run test test-all lint clean
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[dev]"
-	touch $(STAMP)
 
-install: $(STAMP)
+$(CORE_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+# The dev set includes the core, so it stamps both.
+$(DEV_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@ $(CORE_STAMP)
+
+install: $(DEV_STAMP)
 
 # Trains the quickstart (alpha 0.25 on the embedded `shapes` dataset) and evaluates best.pt.
-run: $(STAMP)
+run: $(CORE_STAMP)
 	$(BIN)/mobilenet-train +experiment=quickstart hydra.run.dir=$(RUN_DIR)
 	$(BIN)/mobilenet-eval $(RUN_DIR)/checkpoints/best.pt
 
-test: $(STAMP)
+test: $(DEV_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The fast set plus the tests marked slow.
-test-all: $(STAMP)
+test-all: $(DEV_STAMP)
 	$(BIN)/python -m pytest -m "slow or not slow" $(PYTEST_ARGS)
 
+lint: $(DEV_STAMP)
+	$(BIN)/ruff check .
+
 clean:
-	rm -rf $(VENV) outputs multirun .pytest_cache build src/*.egg-info
+	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache build src/*.egg-info *.egg-info
