@@ -36,3 +36,21 @@ def test_pack_reencodes_skips_bad_images_and_writes_an_index(prepared, tmp_path)
     (shards / "train-000002.tar").unlink()
     again = pack(dest, shards, max_side=64, quality=90, shard_size=5, workers=1, progress=False)
     assert again["splits"] == index["splits"] and (shards / "train-000000.tar").stat().st_mtime_ns == mtime
+
+
+def test_resumed_pack_keeps_the_skipped_images_of_finished_shards(prepared, tmp_path):
+    """Defect (c) of issue 12: a resumed pack lost the skipped entries of the shards it kept."""
+    _, dest = prepared
+    shards = tmp_path / "shards"
+    index = pack(dest, shards, max_side=64, quality=90, shard_size=5, workers=1, progress=False, splits=["train"])
+    assert [s["path"].endswith("_truncated.JPEG") for s in index["skipped"]] == [True]
+    # Interrupted before index.json was written, one shard (not the one with the skipped image) unfinished.
+    (shards / "index.json").unlink()
+    full = [s["name"] for s in index["splits"]["train"]["shards"] if s["count"] == 5]
+    (shards / full[0]).unlink()
+    again = pack(dest, shards, max_side=64, quality=90, shard_size=5, workers=1, progress=False, splits=["train"])
+    assert again["skipped"] == index["skipped"] and again["splits"] == index["splits"]
+    assert read_index(shards)["skipped"] == index["skipped"]
+    # A run over finished shards only (nothing to encode) lists them too.
+    assert pack(dest, shards, max_side=64, quality=90, shard_size=5, workers=1, progress=False,
+                splits=["train"])["skipped"] == index["skipped"]

@@ -3,7 +3,8 @@
 Images are re-encoded as RGB JPEGs with the shorter side capped (small RGB JPEGs are copied),
 shuffled across shards, and written one shard at a time to a temporary name that is renamed
 when complete, so an interrupted run resumes by keeping the shards it finished. Images that
-cannot be read are left out and listed in index.json ("skipped").
+cannot be read are left out and listed in index.json ("skipped"); SHARDS/skipped.json keeps
+that list per shard, so a resumed run still lists what the shards it kept left out.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from ..errors import UserError
 from .folders import ImageFiles
 from .samples import describe_error
 from .shards import INDEX
+
+SKIPPED = "skipped.json"  # {shard name: [{"path", "reason"}, ...]}
+
 
 def write_shard(path: Path, records) -> int:
     """(key, jpeg bytes, class) records -> one tar, written to a temp file and renamed."""
@@ -77,6 +81,13 @@ def _write_json(path: Path, value) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(value, indent=1))
     os.replace(tmp, path)
+
+
+def _read_skipped(dest: Path) -> dict:
+    try:
+        return json.loads((dest / SKIPPED).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
 
 
 @contextmanager
@@ -142,7 +153,7 @@ def pack(src: Path, dest: Path, max_side: int = 320, quality: int = 90, splits=N
     dest.mkdir(parents=True, exist_ok=True)
     index = {"format": "webdataset", "keys": ["jpg", "cls"], "max_side": max_side, "quality": quality, "seed": seed,
              "classes": None, "splits": {}, "skipped": []}
-    skipped = {}
+    skipped = _read_skipped(dest)
     with _encoder(workers or os.cpu_count() or 1) as encode:
         for split in splits:
             samples = _split_samples(src, split, index, seed)
@@ -151,11 +162,12 @@ def pack(src: Path, dest: Path, max_side: int = 320, quality: int = 90, splits=N
             for k in range(0, len(samples), shard_size):
                 name = f"{split}-{k // shard_size:06d}.tar"
                 chunk = samples[k:k + shard_size]
-                if (dest / name).is_file():  # finished shards of an interrupted run are kept
+                if (dest / name).is_file():  # finished by an interrupted run: kept
                     bar.update(len(chunk))
                 else:
                     jobs = [(p, t, f"{split}_{k + i:08d}", max_side, quality) for i, (p, t) in enumerate(chunk)]
                     records, skipped[name] = _encode_shard(jobs, encode, bar)
+                    _write_json(dest / SKIPPED, skipped)  # before the shard appears: a kept shard has its entry
                     write_shard(dest / name, records)
                 index["skipped"] += skipped.get(name, [])
                 shards.append({"name": name, "count": count_records(dest / name), "bytes": (dest / name).stat().st_size})
