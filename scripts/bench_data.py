@@ -87,14 +87,14 @@ def main(argv=None) -> dict:
     shards_root = ns.shards
     tmp = None
     if ns.pack and shards_root is None:
-        from mobilenet_train.shards import pack
+        from mobilenet_train.data.pack import pack
 
         tmp = tempfile.TemporaryDirectory(prefix="bench-shards-")
         shards_root = Path(tmp.name)
         pack(root, shards_root, max_side=320, quality=90, splits=[split], shard_size=1000, workers=1, progress=False)
     shard_info = None
     if shards_root is not None:
-        from mobilenet_train.shards import read_index
+        from mobilenet_train.data import read_index
 
         index = read_index(shards_root)
         shard_info = {"bytes": sum(s["bytes"] for s in index["splits"][split]["shards"]),
@@ -131,7 +131,7 @@ def main(argv=None) -> dict:
                 return out
 
             if shard_info:
-                from mobilenet_train.shards import ShardFiles, ShardStream
+                from mobilenet_train.data import ShardFiles, ShardStream
 
                 shard_files = None if train else ShardFiles(shards_root, split, transform)
             times, counts, ratios = {}, {}, {}

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 from conftest import REPO
-from test_data import photo, save_jpeg
+from helpers import photo, save_jpeg
 
 
 def test_bench_data_reports_ratios_for_all_pipelines(tmp_path):

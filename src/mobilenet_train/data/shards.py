@@ -1,4 +1,4 @@
-"""WebDataset tar shards: the writer (`pack`, for `mobilenet-data pack`) and the two readers.
+"""WebDataset tar shards: the format and the two readers (the writer is pack.py).
 
 Format (what webdataset and timm's `wds/` reader read): plain tar files SHARDS/<split>-NNNNNN.tar
 whose members come in pairs `<key>.jpg` (JPEG bytes, shorter side capped at --max-side) and
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import random
 import tarfile
 from pathlib import Path
@@ -33,7 +32,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from .errors import UserError
+from ..errors import UserError
+from .samples import EncodedSample, Sample, describe_error, load_with_replacement
 
 INDEX = "index.json"
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
@@ -176,8 +176,6 @@ class ShardStream(IterableDataset):
         yield from buffer
 
     def __iter__(self):
-        from .data import EncodedSample, Sample
-
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
         batch = self.batch_size
@@ -194,8 +192,6 @@ class ShardStream(IterableDataset):
             try:
                 image, target = decode_record(record, self.transform, self.encoded)
             except Exception as e:  # noqa: BLE001 - a broken record: the next one replaces it
-                from .data import describe_error
-
                 bad.append((name, describe_error(e)))
                 if len(bad) >= MAX_BAD_IN_A_ROW:
                     raise RuntimeError(f"{len(bad)} broken records in a row in {self.root}, e.g. {bad[0]}") from None
@@ -257,129 +253,4 @@ class ShardFiles(Dataset):
         return f"{self.names[s]}:{key}"
 
     def __getitem__(self, index: int):
-        from .data import load_with_replacement
-
         return load_with_replacement(self, index)
-
-
-# ----------------------------------------------------------------------------- writer
-
-
-def write_shard(path: Path, records) -> int:
-    """(key, jpeg bytes, class) records -> one tar, written to a temp file and renamed."""
-    tmp = path.with_name(path.name + ".tmp")
-    count = 0
-    with tarfile.open(tmp, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for key, data, target in records:
-            for ext, payload in (("jpg", data), ("cls", str(target).encode())):
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size, info.mode, info.mtime = len(payload), 0o644, 0
-                tar.addfile(info, io.BytesIO(payload))
-            count += 1
-    os.replace(tmp, path)
-    return count
-
-
-def reencode(path: str, max_side: int, quality: int) -> bytes:
-    """JPEG bytes of `path` with the shorter side capped at `max_side`, RGB; small RGB JPEGs are kept as they are."""
-    with Image.open(path) as img:
-        width, height = img.size
-        short = min(width, height)
-        if img.format == "JPEG" and img.mode == "RGB" and short <= max_side:
-            img.load()  # must decode: a truncated file fails here, not in training
-            with open(path, "rb") as f:
-                return f.read()
-        scale = min(1.0, max_side / short)
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        if img.format == "JPEG":
-            img.draft(img.mode if img.mode in ("RGB", "L", "CMYK") else None, size)  # DCT-domain pre-shrink, still >= size
-        img = img.convert("RGB")
-        if img.size != size:
-            img = img.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
-        out = io.BytesIO()
-        img.save(out, format="JPEG", quality=quality)
-        return out.getvalue()
-
-
-def _encode_job(job):
-    path, target, key, max_side, quality = job
-    try:
-        return key, reencode(path, max_side, quality), target, None
-    except Exception as e:  # noqa: BLE001 - reported and skipped
-        from .data import describe_error
-
-        return key, None, target, (path, describe_error(e))
-
-
-def count_records(path: Path) -> int:
-    with tarfile.open(path, mode="r:") as tar:
-        return sum(1 for m in tar if m.isfile() and m.name.endswith(".cls"))
-
-
-def pack(src: Path, dest: Path, max_side: int = 320, quality: int = 90, splits=None, shard_size: int = 1000,
-         seed: int = 0, workers: int | None = None, progress: bool = True) -> dict:
-    """ImageFolder tree `src` (train/, val/) -> shards in `dest`; resumable (finished shards are kept)."""
-    from tqdm import tqdm
-
-    from .data import ImageFiles
-
-    src, dest = Path(src), Path(dest)
-    if not src.is_dir():
-        raise UserError(f"{src} is not a directory: pass the DEST of mobilenet-data prepare (with train/ and val/)")
-    splits = list(splits) if splits else [s for s in ("train", "val") if (src / s).is_dir()]
-    if not splits:
-        raise UserError(f"{src} has no train/ or val/ directory: pass the DEST of mobilenet-data prepare")
-    if shard_size < 1 or not 16 <= max_side <= 4096 or not 1 <= quality <= 100:
-        raise UserError("need --shard-size >= 1, 16 <= --max-side <= 4096 and 1 <= --quality <= 100")
-    dest.mkdir(parents=True, exist_ok=True)
-    workers = workers or os.cpu_count() or 1
-    index = {"format": "webdataset", "keys": ["jpg", "cls"], "max_side": max_side, "quality": quality, "seed": seed,
-             "classes": None, "splits": {}, "skipped": []}
-    pool = None
-    if workers > 1:
-        import multiprocessing
-
-        pool = multiprocessing.get_context("spawn").Pool(workers)
-    try:
-        for split in splits:
-            try:
-                folder = ImageFiles(str(src / split), transform=None)
-            except FileNotFoundError as e:
-                raise UserError(f"{src / split} holds no class directories ({e})") from None
-            if index["classes"] is None:
-                index["classes"] = folder.classes
-            elif folder.classes != index["classes"]:
-                raise UserError(f"{src}: train/ and {split}/ hold different class directories; both need the same classes")
-            samples = list(folder.samples)
-            random.Random(f"pack/{seed}/{split}").shuffle(samples)  # shuffled across shards
-            shards = []
-            bar = tqdm(total=len(samples), desc=f"pack {split}", unit="img", disable=not progress, dynamic_ncols=True)
-            for k in range(0, len(samples), shard_size):
-                name = f"{split}-{k // shard_size:06d}.tar"
-                path = dest / name
-                chunk = samples[k:k + shard_size]
-                if not path.is_file():  # finished shards of an interrupted run are kept
-                    jobs = [(p, t, f"{split}_{k + i:08d}", max_side, quality) for i, (p, t) in enumerate(chunk)]
-                    results = pool.imap(_encode_job, jobs, chunksize=16) if pool else map(_encode_job, jobs)
-                    records = []
-                    for key, data, target, problem in results:
-                        if problem:
-                            index["skipped"].append({"path": problem[0], "reason": problem[1]})
-                            bar.write(f"skipped {problem[0]}: {problem[1]}")
-                        else:
-                            records.append((key, data, target))
-                        bar.update(1)
-                    write_shard(path, records)
-                else:
-                    bar.update(len(chunk))
-                shards.append({"name": name, "count": count_records(path), "bytes": path.stat().st_size})
-            bar.close()
-            index["splits"][split] = {"count": sum(s["count"] for s in shards), "shards": shards}
-    finally:
-        if pool is not None:
-            pool.close()
-            pool.join()
-    tmp = dest / (INDEX + ".tmp")
-    tmp.write_text(json.dumps(index, indent=1))
-    os.replace(tmp, dest / INDEX)
-    return index

@@ -160,7 +160,7 @@ def generate(root: Path, seed: int = 0, image_size: int = 80, train_per_class: i
     if (root / "manifest.json").is_file():
         return root
     if root.exists() and any(root.iterdir()):
-        from .errors import UserError
+        from ..errors import UserError
 
         raise UserError(f"data.root={root} exists but holds no complete shapes dataset (no manifest.json): "
                         f"remove it or point data.root at an empty or new directory")

@@ -1,12 +1,33 @@
-"""Eval preprocessing presets (data.eval_preset): default, tf and keras."""
+"""Train and eval preprocessing: eval framing against torchvision, and the presets (data.eval_preset)."""
+
+from __future__ import annotations
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 from PIL import Image
+from torchvision.transforms import v2
 
-from mobilenet_train.data import CentralFractionCrop, eval_transform
+from helpers import photo, save_jpeg
+from mobilenet_train.data import CentralFractionCrop, FastEvalCrop, eval_transform
 from mobilenet_train.errors import UserError
+
+
+def test_eval_crop_equals_resize_then_centre_crop_without_draft(tmp_path):
+    img = photo(500, 375)
+    img.save(tmp_path / "x.png")
+    reference = v2.Compose([v2.Resize(256, antialias=True), v2.CenterCrop(224), v2.PILToTensor()])(img)
+    with Image.open(tmp_path / "x.png") as im:  # PNG: no draft
+        out = FastEvalCrop(224, "default", 0.875)(im)
+    assert out.shape == (3, 224, 224) and out.dtype == torch.uint8
+    assert (out.int() - reference.int()).abs().max().item() <= 1
+    save_jpeg(tmp_path / "x.jpg", photo(1000, 750))
+    with Image.open(tmp_path / "x.jpg") as im:
+        reference = v2.Compose([v2.Resize(146, antialias=True), v2.CenterCrop(128), v2.PILToTensor()])(im.convert("RGB"))
+    with Image.open(tmp_path / "x.jpg") as im:
+        out = FastEvalCrop(128, "default", 0.875)(im)  # 750 / 146 > 4: decoded at 1/4
+        assert im.size == (250, 188)
+    assert (out.float() - reference.float()).abs().mean().item() < 2.0
 
 
 def data_cfg(preset):

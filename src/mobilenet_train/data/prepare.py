@@ -1,7 +1,4 @@
-"""`mobilenet-data`: prepare ImageNet from the official archives, and pack it into shards.
-
-    mobilenet-data prepare SRC DEST    ILSVRC2012 tars in SRC -> DEST/train/<wnid>/, DEST/val/<wnid>/
-    mobilenet-data pack DEST SHARDS    DEST -> WebDataset shards (see shards.py)
+"""`mobilenet-data prepare SRC DEST`: ILSVRC2012 tars in SRC -> DEST/train/<wnid>/, DEST/val/<wnid>/.
 
 prepare streams from the tars (nothing is extracted to a temporary directory), writes each
 file to a temporary name and renames it, and marks a finished class with DEST/train/<wnid>/.complete,
@@ -21,16 +18,14 @@ Validation labels, first found of:
 
 from __future__ import annotations
 
-import argparse
-import logging
 import os
 import re
 import shutil
-import sys
 import tarfile
 from pathlib import Path
 
-from .errors import UserError, fail
+from ..errors import UserError
+from .folders import is_image_file
 
 TRAIN_TAR = "ILSVRC2012_img_train.tar"
 VAL_TAR = "ILSVRC2012_img_val.tar"
@@ -39,8 +34,6 @@ VAL_LABELS = "ILSVRC2012_val_labels.txt"
 OFFICIAL = {"train": 1_281_167, "val": 50_000, "classes": 1000}
 COMPLETE = ".complete"
 WNID = re.compile(r"^n\d{8}$")
-
-log = logging.getLogger("mobilenet_train")
 
 
 def _copy_member(tar: tarfile.TarFile, member: tarfile.TarInfo, out: Path) -> bool:
@@ -149,8 +142,6 @@ def prepare_val(val_tar: Path, dest: Path, labels: dict[str, str], bar) -> list[
 
 
 def count_images(split_dir: Path) -> dict[str, int]:
-    from .data import is_image_file
-
     if not split_dir.is_dir():
         return {}
     return {d.name: sum(1 for f in d.iterdir() if f.is_file() and is_image_file(f.name))
@@ -233,63 +224,3 @@ def prepare(src: Path, dest: Path, train_tar: Path | None = None, val_tar: Path 
     return {"dest": str(dest), "train": sum(count_images(dest / "train").values()),
             "val": sum(count_images(dest / "val").values()),
             "classes": len(wnids) or len(count_images(dest / "train")), "problems": problems}
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-def data_cli(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="mobilenet-data", description="Prepare ImageNet and pack it into shards.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("prepare", help="ILSVRC2012 tars -> DEST/train/<wnid>/, DEST/val/<wnid>/ (resumable)")
-    p.add_argument("src", type=Path, help=f"directory holding {TRAIN_TAR}, {VAL_TAR} and the val labels")
-    p.add_argument("dest", type=Path)
-    p.add_argument("--train-tar", type=Path)
-    p.add_argument("--val-tar", type=Path)
-    p.add_argument("--val-labels", type=Path, help="'ILSVRC2012_val_%%08d.JPEG <index>' lines (index in sorted-wnid order)")
-    p.add_argument("--devkit", type=Path, help=f"{DEVKIT} (its meta.mat is read with scipy, or give --id-wnids)")
-    p.add_argument("--id-wnids", type=Path, help="the wnids in ILSVRC2012_ID order, one a line (devkit without scipy)")
-    p.add_argument("--wnids", type=Path, help="the wnids in sorted order, one a line (val only, without the train tar)")
-    p.add_argument("--expect-train", type=int, default=OFFICIAL["train"], help="0: do not check (default: %(default)s)")
-    p.add_argument("--expect-val", type=int, default=OFFICIAL["val"], help="0: do not check (default: %(default)s)")
-    p.add_argument("--expect-classes", type=int, default=OFFICIAL["classes"], help="0: do not check (default: %(default)s)")
-    p.add_argument("--no-progress", action="store_true")
-    k = sub.add_parser("pack", help="DEST (train/, val/) -> WebDataset tar shards + index.json (resumable)")
-    k.add_argument("dest", type=Path, help="an ImageFolder tree with train/ and/or val/ (the DEST of prepare)")
-    k.add_argument("shards", type=Path, help="output directory")
-    k.add_argument("--max-side", type=int, default=320, help="cap on the shorter side, pixels (default: %(default)s)")
-    k.add_argument("--quality", type=int, default=90, help="JPEG quality of re-encoded images (default: %(default)s)")
-    k.add_argument("--shard-size", type=int, default=2000, help="images per shard (default: %(default)s, ~50 MB)")
-    k.add_argument("--splits", nargs="+", default=None, help="default: train and val, those present")
-    k.add_argument("--seed", type=int, default=0, help="seed of the shuffle across shards")
-    k.add_argument("--workers", type=int, default=0, help="encoding processes (default: all cores)")
-    k.add_argument("--no-progress", action="store_true")
-    ns = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        if ns.command == "prepare":
-            expect = {"train": ns.expect_train, "val": ns.expect_val, "classes": ns.expect_classes}
-            r = prepare(ns.src, ns.dest, ns.train_tar, ns.val_tar, ns.val_labels, ns.devkit, ns.id_wnids, ns.wnids,
-                        expect, progress=not ns.no_progress)
-            print(f"{r['dest']}: {r['train']:,} train and {r['val']:,} val images, {r['classes']} classes")
-            if r["problems"]:
-                for problem in r["problems"]:
-                    print(f"missing: {problem}")
-                print(f"mobilenet-data: prepare: {r['dest']} is incomplete ({len(r['problems'])} problems above); "
-                      f"run prepare again to resume, or check the archives", file=sys.stderr)
-                sys.exit(1)
-            print("complete: all expected images are in place")
-        else:
-            from .shards import pack
-
-            index = pack(ns.dest, ns.shards, ns.max_side, ns.quality, ns.splits, ns.shard_size, ns.seed,
-                         ns.workers or None, progress=not ns.no_progress)
-            for split, info in index["splits"].items():
-                size = sum(s["bytes"] for s in info["shards"])
-                print(f"{split}: {info['count']:,} images in {len(info['shards'])} shards, {size / 1e6:.1f} MB")
-            if index["skipped"]:
-                print(f"skipped {len(index['skipped'])} unreadable images (listed in {ns.shards / 'index.json'}), "
-                      f"e.g. {index['skipped'][0]['path']}: {index['skipped'][0]['reason']}")
-            print(f"written {ns.shards / 'index.json'}; train with data=imagenet_shards data.root={ns.shards}")
-    except UserError as e:
-        fail("mobilenet-data", e)

@@ -1,0 +1,46 @@
+"""Datasets, transforms and loaders, by concern (each module imports only those above it):
+
+    decode.py      JPEG decode at a draft scale, crop before resize
+    transforms.py  train and eval preprocessing (presets, normalisation, DevicePreprocess)
+    samples.py     samples, batches, collate and the bad-image policy
+    shapes.py      the embedded `shapes` dataset generator
+    folders.py     ImageFolder datasets, data.root, fake images
+    shards.py      reading WebDataset shards
+    samplers.py    the resumable epoch sampler, per-sample seeded augmentation
+    gpu.py         data.decode=gpu
+    loaders.py     build_data, eval_loader: datasets -> loaders
+    prepare.py     `mobilenet-data prepare` (ILSVRC2012 archives -> ImageFolder)
+    pack.py        `mobilenet-data pack` (ImageFolder -> shards)
+
+Callers import from here (`from .data import build_data`); prepare and pack are imported as
+modules (`from mobilenet_train.data.pack import pack`).
+"""
+
+from .decode import decode_crop, draft_scale, read_encoded, tensor_decode_crop, to_chw_uint8
+from .folders import (LAYOUT_HINT, FakeImages, ImageFiles, check_classes, image_folder, is_image_file, is_shards,
+                      resolve_root, split_dir)
+from .gpu import GpuDecode
+from .loaders import (DECODE_MODES, DataBundle, ImageLoader, build_data, build_dataset, build_loader, decode_mode,
+                      eval_images, eval_loader, per_process_batch)
+from .samplers import EpochSampler, SeededSamples
+from .samples import (DEFAULT_MAX_BAD_SHARE, REPLACEMENT_TRIES, Batch, EncodedSample, Sample, blank_like, collate,
+                      describe_error, load_with_replacement)
+from .shards import ShardFiles, ShardStream, check_split, read_index
+from .transforms import (EVAL_PRESETS, INTERPOLATION, NORMALIZATION, PIL_RESAMPLE, CentralFractionCrop, DevicePreprocess,
+                         FastEvalCrop, FastRandomResizedCrop, eval_resize_size, eval_transform, normalized,
+                         train_transform)
+
+__all__ = [
+    "decode_crop", "draft_scale", "read_encoded", "tensor_decode_crop", "to_chw_uint8",
+    "LAYOUT_HINT", "FakeImages", "ImageFiles", "check_classes", "image_folder", "is_image_file", "is_shards",
+    "resolve_root", "split_dir",
+    "GpuDecode",
+    "DECODE_MODES", "DataBundle", "ImageLoader", "build_data", "build_dataset", "build_loader", "decode_mode",
+    "eval_images", "eval_loader", "per_process_batch",
+    "EpochSampler", "SeededSamples",
+    "DEFAULT_MAX_BAD_SHARE", "REPLACEMENT_TRIES", "Batch", "EncodedSample", "Sample", "blank_like", "collate",
+    "describe_error", "load_with_replacement",
+    "ShardFiles", "ShardStream", "check_split", "read_index",
+    "EVAL_PRESETS", "INTERPOLATION", "NORMALIZATION", "PIL_RESAMPLE", "CentralFractionCrop", "DevicePreprocess",
+    "FastEvalCrop", "FastRandomResizedCrop", "eval_resize_size", "eval_transform", "normalized", "train_transform",
+]
