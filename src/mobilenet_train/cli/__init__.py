@@ -1,0 +1,1 @@
+"""Console scripts: thin entry points that nothing imports."""
