@@ -36,9 +36,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from mobilenet_train import export as E  # noqa: E402
-from mobilenet_train.bench import cpu_model, loadavg, versions  # noqa: E402
 from mobilenet_train.checkpoint import atomic_write_json, load_checkpoint  # noqa: E402
+from mobilenet_train.deploy.export import export  # noqa: E402
+from mobilenet_train.deploy.formats import FORMATS, runner  # noqa: E402
+from mobilenet_train.deploy.inputs import normalize, spread  # noqa: E402
+from mobilenet_train.deploy.latency import cpu_model, loadavg, versions  # noqa: E402
+from mobilenet_train.deploy.prepare import deploy_model  # noqa: E402
 from mobilenet_train.importer import import_weights  # noqa: E402
 
 MODELS = {"0.25_128": "mobilenet_v1_0.25_128_quant.tflite", "0.5_160": "mobilenet_v1_0.5_160_quant.tflite",
@@ -69,7 +72,7 @@ def sample_set(ckpt: dict, folder: Path, n: int):
 
     ds = datasets.ImageFolder(str(folder), transform=eval_transform(OmegaConf.create(ckpt["config"]["data"]),
                                                                      int(ckpt["model_args"]["resolution"])))
-    idx = E.spread(list(range(len(ds))), n)
+    idx = spread(list(range(len(ds))), n)
     images = torch.stack([ds[i][0] for i in idx])
     return images, torch.tensor([ds.targets[i] for i in idx])
 
@@ -100,16 +103,16 @@ def main() -> None:
         ckpt_path = work / f"{name}.pt"
         import_weights([str(tflite)], str(ckpt_path))
         ckpt = load_checkpoint(ckpt_path)
-        model = E.deploy_model(ckpt)
+        model = deploy_model(ckpt)
         ours = {}
         for fmt in formats:
             t = time.perf_counter()
-            r = E.export(str(ckpt_path), fmt, "int8", out=str(work / f"{name}.int8{E.FORMATS[fmt]}"),
+            r = export(str(ckpt_path), fmt, "int8", out=str(work / f"{name}.int8{FORMATS[fmt]}"),
                          calibration=str(samples), num_calibration=args.calibration)
             ours[fmt] = Path(r.out)
             print(f"{name}: {fmt} int8 exported in {time.perf_counter() - t:.0f} s", flush=True)
         images, labels = sample_set(ckpt, samples / "val", args.images)
-        x = E.normalize(images, ckpt["config"]["data"]["normalization"])
+        x = normalize(images, ckpt["config"]["data"]["normalization"])
         nhwc = images.permute(0, 2, 3, 1).contiguous().numpy()
         # top-1
         top1 = {}
@@ -119,7 +122,7 @@ def main() -> None:
         pred = np.array([g(nhwc[i : i + 1])[0, 1:].argmax() for i in range(len(nhwc))])
         top1["LiteRT (Google int8)"] = float((torch.from_numpy(pred) == labels).float().mean()) * 100
         for fmt, path in ours.items():
-            run = E.runner(fmt, path, threads_list[-1])
+            run = runner(fmt, path, threads_list[-1])
             got = np.concatenate([run(x[i : i + 8].numpy()) for i in range(0, len(x), 8)])
             top1[f"{fmt} int8 (ours)"] = float((torch.from_numpy(got.argmax(1)) == labels).float().mean()) * 100
         print(f"{name}: top-1 on {len(labels)} images: " + ", ".join(f"{k} {v:.1f}" for k, v in top1.items()), flush=True)
@@ -131,7 +134,7 @@ def main() -> None:
             fns = {"LiteRT (Google int8)": (litert(tflite, threads), one_u8),
                    "pytorch fp32 (eager)": (torch.inference_mode()(lambda a: model(torch.from_numpy(a))), one)}
             for fmt, path in ours.items():
-                fns[f"{fmt} int8 (ours)"] = (E.runner(fmt, path, threads), one)
+                fns[f"{fmt} int8 (ours)"] = (runner(fmt, path, threads), one)
             times = {k: [] for k in fns}
             for r in range(args.warmup + args.runs):
                 for k, (fn, a) in fns.items():

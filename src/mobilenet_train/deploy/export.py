@@ -1,0 +1,149 @@
+"""`mobilenet-export`: a checkpoint to ONNX, ExecuTorch or TF-Lite, fp32 or int8, checked in its runtime.
+
+Every option is checked first (format, numbers, packages, the checkpoint, data.* overrides, the
+output path, the eval= and calibration= folders); then the model is BN-folded, written by its
+format module to a temporary file beside the output, run in its runtime on a few real images (the
+checkpoint's data; generated ones when it has none) and compared with PyTorch (verify.py), and
+only then moved into place. int8: the biases are first corrected for the weights' rounding
+(quantize.py) and the file is calibrated on real images with the checkpoint's eval preprocessing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import load_checkpoint
+from ..errors import UserError
+from . import formats
+from .formats import FORMATS
+from .inputs import checked, data_config, folder_images, labelled_folder, preprocessing, sample_inputs, spread
+from .prepare import deploy_model, example_input
+from .quantize import correct_int8_bias
+from .verify import INT8_MIN_COSINE, accuracy_on, verify
+
+log = logging.getLogger("mobilenet_train")
+
+PROG = "mobilenet-export"
+QUANTIZE = ("int8",)
+RUN_BATCH = 256  # images per runner call where the format has no batch limit of its own
+
+
+@dataclass
+class ExportOptions:
+    """The key=value options of mobilenet-export."""
+
+    out: str | None = field(default=None, metadata={"doc": "output file (default: the checkpoint's name, beside it)"})
+    calibration: str | None = field(default=None, metadata={"doc": "int8: a folder of calibration images "
+                                                                   "(default: the checkpoint's train split)"})
+    num_calibration: int = field(default=100, metadata={"doc": "int8: calibration images, spread over the folder"})
+    eval: str | None = field(default=None, metadata={"doc": "a labelled ImageFolder: top-1 of PyTorch fp32 vs the export"})
+    num_verify: int = field(default=8, metadata={"doc": "images the file is checked against PyTorch on"})
+    max_batch: int = field(default=8, metadata={"doc": "ExecuTorch: the largest batch the program takes"})
+    data: dict = field(default_factory=dict, metadata={"doc": "data.* overrides of the checkpoint's config.data "
+                                                              "(e.g. data.eval_preset=tf)"})
+
+
+@dataclass
+class ExportResult:
+    out: str
+    format: str
+    precision: str
+    verification: dict
+    inputs: str
+    calibration: str | None = None
+    accuracy: dict | None = None
+    size_bytes: int = 0
+
+
+def default_out(ckpt_path: Path, fmt: str, quantize: str | None) -> Path:
+    stem = ckpt_path.stem + (f".{quantize}" if quantize else "")
+    return ckpt_path.with_name(stem + FORMATS[fmt])
+
+
+def check_request(fmt: str, quantize: str | None, **counts: int) -> None:
+    """The format, the precision and the counts, before anything is read."""
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt} is unknown: use one of {', '.join(FORMATS)}")
+    if quantize not in (None, *QUANTIZE):
+        raise UserError(f"--quantize {quantize} is unknown: use int8 (or leave it out for fp32)")
+    for name, value in counts.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise UserError(f"{name}={value} must be a positive integer")
+    formats.require(fmt)
+
+
+def check_out(out_path: Path, fmt: str) -> None:
+    if out_path.is_dir():
+        raise UserError(f"out={out_path} is a directory: give a file name, e.g. {out_path / ('model' + FORMATS[fmt])}")
+
+
+def export_with(ckpt_path: str, fmt: str, quantize: str | None, opts: ExportOptions) -> ExportResult:
+    """export() with the command line's options; their data.* overrides apply to the checkpoint's config.data."""
+    check_request(fmt, quantize, num_calibration=opts.num_calibration, num_verify=opts.num_verify,
+                  max_batch=opts.max_batch)
+    data = data_config(load_checkpoint(ckpt_path), opts.data) if opts.data else None
+    return export(ckpt_path, fmt, quantize, out=opts.out, calibration=opts.calibration,
+                  num_calibration=opts.num_calibration, eval_dir=opts.eval, num_verify=opts.num_verify,
+                  max_batch=opts.max_batch, data=data)
+
+
+def export(ckpt_path: str, fmt: str, quantize: str | None = None, out: str | None = None, calibration: str | None = None,
+           num_calibration: int = 100, eval_dir: str | None = None, num_verify: int = 8, max_batch: int = 8,
+           min_cosine: float = INT8_MIN_COSINE, data=None) -> ExportResult:
+    """Write, check and report one export. `data`: the data config every image goes through (the
+    checkpoint's config.data with overrides applied, see inputs.data_config); None: the checkpoint's own."""
+    check_request(fmt, quantize, num_calibration=num_calibration, num_verify=num_verify, max_batch=max_batch)
+    ckpt_path = Path(ckpt_path)
+    ckpt = load_checkpoint(ckpt_path)
+    data = data_config(ckpt) if data is None else checked(data)
+    out_path = Path(out) if out else default_out(ckpt_path, fmt, quantize)
+    check_out(out_path, fmt)
+    labelled = labelled_folder(eval_dir, ckpt, data) if eval_dir is not None else None
+    if quantize and calibration is not None:
+        folder_images(calibration, "calibration")
+    # Every option is checked: from here on, the work.
+    model = deploy_model(ckpt)
+    inputs, inputs_from = sample_inputs(ckpt, num_verify, data=data)
+    calib, calib_from = None, None
+    if quantize:
+        calib, calib_from = sample_inputs(ckpt, num_calibration, calibration, split="train", data=data)
+        log.info("calibrating on %s", calib_from)
+        if inputs_from.startswith(f"{num_verify} generated") and not calib_from.startswith(f"{num_calibration} generated"):
+            inputs, inputs_from = _calibration_subset(calib, num_verify)
+    module = formats.load(fmt)
+    meta = {**preprocessing(ckpt, data), "precision": quantize or "fp32", "format": fmt,
+            "checkpoint": str(ckpt_path.resolve()), "exported_by": PROG}
+    if fmt == "executorch":
+        meta["max_batch"] = max_batch
+    else:
+        max_batch = RUN_BATCH  # images per runner call; a TF-Lite model takes them one at a time
+    if module.EXAMPLE_BATCH == 1:
+        meta["batch"] = 1
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.stem}.tmp{os.getpid()}{out_path.suffix}")
+    try:
+        # int8: biases corrected for the weights' rounding; the check below is against the fp32 model.
+        corrected = correct_int8_bias(model, calib) if quantize else model
+        module.write(corrected, tmp, meta, example_input(ckpt, batch=module.EXAMPLE_BATCH), calib, max_batch)
+        check = verify(fmt, tmp, model, inputs, quantize is not None, max_batch, min_cosine)
+        accuracy = accuracy_on(labelled, data, model, formats.runner(fmt, tmp), max_batch) if labelled else None
+        os.replace(tmp, out_path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return ExportResult(out=str(out_path), format=fmt, precision=quantize or "fp32", verification=check,
+                        inputs=inputs_from, calibration=calib_from, accuracy=accuracy,
+                        size_bytes=out_path.stat().st_size)
+
+
+def _calibration_subset(calib: torch.Tensor, n: int) -> tuple[torch.Tensor, str]:
+    """int8 error on generated images says little (cosine well below that of real photos): where the
+    check would run on generated images, it runs on real ones, the calibration images being the only
+    ones at hand."""
+    inputs = torch.stack(spread(list(calib), n))
+    return inputs, f"{len(inputs)} of the calibration images"
