@@ -51,7 +51,7 @@ def test_latency_bench_cli_architecture_and_bad_input(tmp_path):
     assert "| onnx | fp32 | 1 | 2 |" in proc.stdout
     for args, needle in [(["threads=zero"], "threads=zero"), (["backends=tpu"], "'tpu' is unknown"),
                          (["nothing.pt"], "neither a checkpoint"), (["trainer.epochs=3"], "not a model.* or data.*"),
-                         (["runs=many"], "runs=many must be a positive integer")]:
+                         (["runs=many"], "runs=many is not allowed")]:
         proc = run_cli("mobilenet-bench", "latency", *args, cwd=tmp_path / "..", check=False)
         assert_one_line_error(proc, needle)
 

@@ -5,37 +5,27 @@ from __future__ import annotations
 
 import argparse
 import logging
-from dataclasses import fields
 from pathlib import Path
 
-from ..deploy.latency import GRID_ALPHAS, GRID_RESOLUTIONS, LatencyOptions, latency_table, run_latency
-from ..deploy.profile import USAGE, ProfileOptions, check_file, onnx_profile
+from .. import config
+from ..config.help import options_help
+from ..config.schema import LatencyOptions, ProfileOptions
+from ..deploy.latency import GRID_ALPHAS, GRID_RESOLUTIONS, latency_table, run_latency
+from ..deploy.profile import USAGE, check_file, onnx_profile
 from ..errors import UserError, fail
 
 log = logging.getLogger("mobilenet_train")
 
 PROG = "mobilenet-bench"
-INTEGER_OPTIONS = ("batch", "runs", "warmup", "num_calibration")
 
 
 def latency_options(items: list[str]) -> tuple[LatencyOptions, list[Path], list[str]]:
     """CKPT | key=value items -> the options, the checkpoints and the model.*/data.* overrides."""
-    opts, ckpts, overrides = LatencyOptions(), [], []
-    names = {f.name for f in fields(LatencyOptions)}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if sep and key in INTEGER_OPTIONS:
-            if not value.isdigit() or int(value) < (0 if key == "warmup" else 1):
-                raise UserError(f"{key}={value} must be a positive integer")
-            setattr(opts, key, int(value))
-        elif sep and key in names:
-            setattr(opts, key, value)
-        elif sep:
-            overrides.append(item)
-        elif Path(item).is_file():
-            ckpts.append(Path(item))
-        else:
-            raise UserError(f"{item} is neither a checkpoint file nor a key=value option")
+    ckpts = [Path(i) for i in items if "=" not in i]
+    for path in ckpts:
+        if not path.is_file():
+            raise UserError(f"{path} is neither a checkpoint file nor a key=value option")
+    opts, overrides = config.parse_options(LatencyOptions, [i for i in items if "=" in i], others=True)
     return opts, ckpts, overrides
 
 
@@ -44,11 +34,7 @@ def profile_options(items: list[str]) -> tuple[Path, ProfileOptions]:
     files = [i for i in items if "=" not in i]
     if len(files) != 1:
         raise UserError(USAGE)
-    opts = ProfileOptions()
-    for key, value in (i.split("=", 1) for i in items if "=" in i):
-        if key not in {f.name for f in fields(ProfileOptions)} or not value.isdigit():
-            raise UserError(f"{key}={value}: profile takes threads=, runs= and batch=, integers")
-        setattr(opts, key, int(value))
+    opts, _ = config.parse_options(ProfileOptions, [i for i in items if "=" in i])
     return check_file(files[0]), opts
 
 
@@ -79,11 +65,10 @@ def main(argv: list[str] | None = None) -> None:
         description="Inference latency of MobileNet v1 on this CPU: eager PyTorch, torch.compile, ONNX Runtime "
                     "fp32/int8, ExecuTorch (XNNPACK) fp32/int8 and LiteRT (TF-Lite) fp32/int8, 1 thread and all "
                     "threads, batch 1 and batch N.",
-        epilog="latency options: batch=N (8), runs=N (50), warmup=N (10), threads=1,all, backends=all|pytorch,compile,"
-               "onnx-fp32,onnx-int8,executorch-fp32,executorch-int8,tflite-fp32,tflite-int8, out=PATH (latency.json), "
-               "calibration=DIR, "
-               "num_calibration=N. Examples: mobilenet-bench latency outputs/run/checkpoints/best.pt; "
-               "mobilenet-bench latency model.alpha=0.5 model.resolution=160; mobilenet-bench latency --grid runs=20",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples: mobilenet-bench latency outputs/run/checkpoints/best.pt; "
+               "mobilenet-bench latency model.alpha=0.5 model.resolution=160; mobilenet-bench latency --grid runs=20\n"
+               "latency " + options_help("mobilenet-bench latency") + "\nprofile " + options_help("mobilenet-bench profile"),
     )
     parser.add_argument("command", choices=["latency", "profile"],
                         help="latency: time the backends; profile MODEL.onnx [threads=N runs=N batch=N]: "

@@ -5,37 +5,25 @@ from __future__ import annotations
 
 import argparse
 import logging
-from dataclasses import fields
 
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-
-from ..deploy.export import PROG, ExportOptions, ExportResult, export_with
+from .. import config
+from ..config.help import options_help
+from ..config.schema import ExportOptions, leaf_fields
+from ..deploy.export import PROG, ExportResult, export_with
 from ..deploy.formats import FORMATS, RUNTIMES
 from ..errors import UserError, fail
 
 log = logging.getLogger("mobilenet_train")
 
 
-def parse_options(items: list[str]) -> ExportOptions:
-    """key=value items -> ExportOptions; data.* keys override the checkpoint's config.data."""
-    opts = ExportOptions()
-    names = [f.name for f in fields(ExportOptions) if f.name != "data"]
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"'{item}' is not a key=value option (e.g. out=model.onnx)")
-        try:
-            value = OmegaConf.from_dotlist([f"value={text}"]).value if text != "" else None
-        except OmegaConfBaseException:
-            raise UserError(f"cannot parse the value of '{item}'") from None
-        if key.startswith("data."):
-            opts.data[key] = value
-        elif key in names:
-            setattr(opts, key, str(value) if key in ("out", "calibration", "eval") and value is not None else value)
-        else:
-            raise UserError(f"unknown option '{key}': use {', '.join(f'{k}=' for k in names)} or data.*=")
-    return opts
+def parse_options(items: list[str]) -> tuple[ExportOptions, list[str]]:
+    """key=value items -> (the options, the data.* overrides of the checkpoint's config)."""
+    opts, rest = config.parse_options(ExportOptions, items, others=True)
+    bad = [i for i in rest if not i.startswith("data")]
+    if bad:
+        raise UserError(f"'{bad[0]}' is not an option of {PROG}: use {', '.join(f'{k}=' for k, _ in leaf_fields(ExportOptions))} "
+                        f"or data.*= (a key of the checkpoint's data config)")
+    return opts, rest
 
 
 def report(r: ExportResult) -> None:
@@ -57,10 +45,10 @@ def main(argv: list[str] | None = None) -> None:
         prog=PROG,
         description="Export a mobilenet-train checkpoint to ONNX, ExecuTorch (XNNPACK) or TF-Lite, fp32 or int8, "
                     "BN folded, preprocessing in the file's metadata; the file is checked against PyTorch in its runtime.",
-        epilog="options: out=PATH, calibration=DIR num_calibration=N (int8), eval=DIR (labelled ImageFolder: top-1 "
-               "of PyTorch fp32 vs the export), num_verify=N, max_batch=N (ExecuTorch), data.*=VALUE (the checkpoint's "
-               "data config, e.g. data.eval_preset=tf). Example: mobilenet-export checkpoints/best.pt --format onnx "
-               "--quantize int8 calibration=/data/imagenet/train eval=/data/imagenet/val",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example: mobilenet-export checkpoints/best.pt --format onnx --quantize int8 "
+               "calibration=/data/imagenet/train eval=/data/imagenet/val\ndata.*=VALUE: the checkpoint's data config "
+               "(e.g. data.eval_preset=tf), as for mobilenet-eval; and\n" + options_help(PROG),
     )
     parser.add_argument("checkpoint", help="a checkpoint written by mobilenet-train or mobilenet-import")
     parser.add_argument("options", nargs="*", metavar="key=value")
@@ -70,7 +58,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     log.setLevel(logging.INFO)  # ours, not the exporters' chatter
     try:
-        r = export_with(ns.checkpoint, ns.format, ns.quantize, parse_options(ns.options))
+        opts, data_items = parse_options(ns.options)
+        r = export_with(ns.checkpoint, ns.format, ns.quantize, opts, data_items)
     except UserError as e:
         fail(PROG, e)
     report(r)

@@ -99,7 +99,12 @@ def first_line(e: BaseException) -> str:
 def unknown_key(name: str, schema: type = TrainConfig, where: str = "the config") -> UserError:
     keys = [k for k, _ in leaf_fields(schema)]
     close = difflib.get_close_matches(name, keys, n=1)
-    hint = f"did you mean {close[0]}?" if close else "mobilenet-train --help lists every key"
+    if close:
+        hint = f"did you mean {close[0]}?"
+    elif schema is TrainConfig:
+        hint = "mobilenet-train --help lists every key"
+    else:
+        hint = "use " + ", ".join(f"{k}=" for k in keys)
     return UserError(f"{name} is not a key of {where}: {hint}")
 
 

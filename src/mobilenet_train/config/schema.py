@@ -253,8 +253,49 @@ class ReportOptions:
     tb: Optional[str] = key(None, "also write every run's scalars to this TensorBoard dir", example="tb_sweep")
 
 
+@dataclass
+class ExportOptions:
+    """Keys of `mobilenet-export` (besides --format/--quantize; data.* keys are the checkpoint's config)."""
+
+    out: Optional[str] = key(None, "output file (default: the checkpoint's name, beside it)", example="model.onnx")
+    calibration: Optional[str] = key(None, "int8: a folder of calibration images (default: the checkpoint's train "
+                                     "split)", example="/datasets/imagenet/train")
+    num_calibration: int = key(100, "int8: calibration images, spread over the folder", ge=1, example=100)
+    eval: Optional[str] = key(None, "a labelled ImageFolder: top-1 of PyTorch fp32 vs the export",
+                              example="/datasets/imagenet/val")
+    num_verify: int = key(8, "images the file is checked against PyTorch on", ge=1, example=8)
+    max_batch: int = key(8, "ExecuTorch: the largest batch the program takes", ge=1, le=1024, example=8)
+
+
+@dataclass
+class LatencyOptions:
+    """Keys of `mobilenet-bench latency` (model.* and data.* keys describe a model without a checkpoint)."""
+
+    batch: int = key(8, "the batch N timed besides batch 1", ge=1, le=4096, example=8)
+    runs: int = key(50, "timed rounds (one call of every backend each)", ge=1, example=50)
+    warmup: int = key(10, "rounds before those, not counted", ge=0, example=10)
+    threads: str = key("1,all", "thread counts, e.g. 1,all or 1,2", example="1,2")
+    backends: str = key("all", "all, or some of pytorch,compile,onnx-fp32,onnx-int8,executorch-fp32,"
+                        "executorch-int8,tflite-fp32,tflite-int8", example="pytorch,onnx-int8")
+    out: Optional[str] = key(None, "latency.json to write (default: the run dir, else the current dir)",
+                             example="latency.json")
+    calibration: Optional[str] = key(None, "int8: a folder of calibration images", example="/datasets/imagenet/val")
+    num_calibration: int = key(32, "int8: calibration images", ge=1, example=32)
+
+
+@dataclass
+class ProfileOptions:
+    """Keys of `mobilenet-bench profile MODEL.onnx`."""
+
+    threads: int = key(1, "ONNX Runtime's intra-op threads", ge=1, le=1024, example=1)
+    runs: int = key(50, "profiled runs (after a few warm-up runs)", ge=1, example=50)
+    batch: int = key(1, "images per run", ge=1, le=4096, example=1)
+
+
 COMMAND_OPTIONS: dict[str, type] = {"mobilenet-eval": EvalOptions, "mobilenet-import": ImportOptions,
-                                    "mobilenet-report": ReportOptions}
+                                    "mobilenet-report": ReportOptions, "mobilenet-export": ExportOptions,
+                                    "mobilenet-bench latency": LatencyOptions,
+                                    "mobilenet-bench profile": ProfileOptions}
 
 
 # ----------------------------------------------------------------------------- checks

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..checkpoint import load_checkpoint
 from ..errors import UserError
+from ..config.schema import ExportOptions
 from . import formats
 from .formats import FORMATS
 from .inputs import checked, data_config, folder_images, labelled_folder, preprocessing, sample_inputs, spread
@@ -31,21 +32,6 @@ log = logging.getLogger("mobilenet_train")
 PROG = "mobilenet-export"
 QUANTIZE = ("int8",)
 RUN_BATCH = 256  # images per runner call where the format has no batch limit of its own
-
-
-@dataclass
-class ExportOptions:
-    """The key=value options of mobilenet-export."""
-
-    out: str | None = field(default=None, metadata={"doc": "output file (default: the checkpoint's name, beside it)"})
-    calibration: str | None = field(default=None, metadata={"doc": "int8: a folder of calibration images "
-                                                                   "(default: the checkpoint's train split)"})
-    num_calibration: int = field(default=100, metadata={"doc": "int8: calibration images, spread over the folder"})
-    eval: str | None = field(default=None, metadata={"doc": "a labelled ImageFolder: top-1 of PyTorch fp32 vs the export"})
-    num_verify: int = field(default=8, metadata={"doc": "images the file is checked against PyTorch on"})
-    max_batch: int = field(default=8, metadata={"doc": "ExecuTorch: the largest batch the program takes"})
-    data: dict = field(default_factory=dict, metadata={"doc": "data.* overrides of the checkpoint's config.data "
-                                                              "(e.g. data.eval_preset=tf)"})
 
 
 @dataclass
@@ -82,11 +68,13 @@ def check_out(out_path: Path, fmt: str) -> None:
         raise UserError(f"out={out_path} is a directory: give a file name, e.g. {out_path / ('model' + FORMATS[fmt])}")
 
 
-def export_with(ckpt_path: str, fmt: str, quantize: str | None, opts: ExportOptions) -> ExportResult:
-    """export() with the command line's options; their data.* overrides apply to the checkpoint's config.data."""
+def export_with(ckpt_path: str, fmt: str, quantize: str | None, opts: ExportOptions,
+                data_items: list[str] = ()) -> ExportResult:
+    """export() with the command line's options; `data_items` (data.eval_preset=tf, data=...) apply to the
+    checkpoint's config, as mobilenet-eval applies them."""
     check_request(fmt, quantize, num_calibration=opts.num_calibration, num_verify=opts.num_verify,
                   max_batch=opts.max_batch)
-    data = data_config(load_checkpoint(ckpt_path), opts.data) if opts.data else None
+    data = data_config(load_checkpoint(ckpt_path), list(data_items)) if data_items else None
     return export(ckpt_path, fmt, quantize, out=opts.out, calibration=opts.calibration,
                   num_calibration=opts.num_calibration, eval_dir=opts.eval, num_verify=opts.num_verify,
                   max_batch=opts.max_batch, data=data)

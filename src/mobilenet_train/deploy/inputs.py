@@ -13,27 +13,21 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from PIL import Image
 
 from ..data import (DEFAULT_MAX_BAD_SHARE, NORMALIZATION, DevicePreprocess, ImageFiles, build_loader,
                     eval_resize_size, eval_transform, is_image_file, resolve_root)
+from ..config import apply_overrides, typed_config
 from ..errors import UserError
 
 
-def data_config(ckpt: dict, overrides: dict | None = None) -> DictConfig:
-    """The checkpoint's config.data with `data.*` overrides ({"data.eval_preset": "tf"}) applied."""
-    cfg = OmegaConf.create({"data": ckpt["config"]["data"]})
-    cfg.data.setdefault("eval_preset", "default")  # checkpoints from before the presets existed
-    OmegaConf.set_struct(cfg, True)
-    for key, value in (overrides or {}).items():
-        try:
-            if not key.startswith("data."):
-                raise KeyError(key)
-            OmegaConf.update(cfg, key, value, merge=True)
-        except (KeyError, OmegaConfBaseException):
-            raise UserError(f"unknown option '{key}': not a key of the checkpoint's config.data") from None
-    return checked(cfg.data)
+def data_config(ckpt: dict, items: list[str] = ()) -> DictConfig:
+    """The checkpoint's config.data with `data.*` overrides (["data.eval_preset=tf"], ["data=imagenet"])
+    applied as mobilenet-eval applies them: typed and checked by the schema."""
+    bad = [i for i in items if not i.startswith("data")]
+    if bad:
+        raise UserError(f"'{bad[0]}' is not a data.* override of the checkpoint's config")
+    return apply_overrides(typed_config(ckpt["config"]), list(items)).data
 
 
 def checked(data) -> DictConfig:
@@ -163,7 +157,6 @@ def labelled_folder(folder: str, ckpt: dict, data=None) -> ImageFiles:
     val = root / data.get("val_split", "val")
     if val.is_dir() and not any(is_image_file(str(p)) for p in root.iterdir() if p.is_file()):
         root = val
-    # TODO(lead): the data package's eval_loader(data_cfg, resolution, root, ...) replaces this and eval_batches.
     try:
         dataset = ImageFiles(str(root), eval_transform(data, int(ckpt["model_args"]["resolution"])))
     except FileNotFoundError as e:

@@ -28,19 +28,18 @@ import platform
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
 from ..checkpoint import atomic_write_json, load_checkpoint, save_checkpoint
-from ..cli import compose_config
+from ..config import compose, resolved
 from ..complexity import measure_complexity
 from ..engine import model_from_checkpoint
+from ..config.schema import LatencyOptions
 from ..errors import UserError
 from ..model import MobileNetV1, ModelArgs
 from . import formats
@@ -60,21 +59,6 @@ EXPORTED = ("onnx", "executorch", "tflite")  # the backends that run a file mobi
 RANDOM_MIN_COSINE = 0.5
 GRID_ALPHAS = (1.0, 0.75, 0.5, 0.25)
 GRID_RESOLUTIONS = (224, 192, 160, 128)
-
-
-@dataclass
-class LatencyOptions:
-    """The key=value options of mobilenet-bench latency."""
-
-    batch: int = field(default=8, metadata={"doc": "the batch N timed besides batch 1"})
-    runs: int = field(default=50, metadata={"doc": "timed rounds (one call of every backend each)"})
-    warmup: int = field(default=10, metadata={"doc": "rounds before those, not counted"})
-    threads: str = field(default="1,all", metadata={"doc": "thread counts, e.g. 1,all or 1,2"})
-    backends: str = field(default="all", metadata={"doc": "all, or some of pytorch,compile,onnx-fp32,onnx-int8,..."})
-    out: str | None = field(default=None, metadata={"doc": "latency.json to write (default: the run dir, "
-                                                           "else the current dir)"})
-    calibration: str | None = field(default=None, metadata={"doc": "int8: a folder of calibration images"})
-    num_calibration: int = field(default=32, metadata={"doc": "int8: calibration images"})
 
 
 # ----------------------------------------------------------------------------- the machine
@@ -163,8 +147,7 @@ def random_checkpoint(overrides: list[str], path: Path) -> Path:
     bad = [o for o in overrides if not o.lstrip("+").startswith(("model.", "data."))]
     if bad:
         raise UserError(f"'{bad[0]}' is not a model.* or data.* override (or a checkpoint path that exists)")
-    cfg = compose_config(list(overrides))
-    config = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+    config = resolved(compose(list(overrides)))
     args = ModelArgs.from_config(config["model"])
     torch.manual_seed(0)  # the same weights every time
     model = MobileNetV1(args)

@@ -4,24 +4,15 @@ Runtime (its own profiler, run by onnx.py; the first runs are warm-up and not co
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..config.schema import ProfileOptions
 from ..errors import UserError
 from . import formats
 
 WARMUP = 5
 USAGE = ("profile takes one exported .onnx file (mobilenet-export CKPT --format onnx), e.g. "
          "mobilenet-bench profile best.onnx threads=1")
-
-
-@dataclass
-class ProfileOptions:
-    """The key=value options of mobilenet-bench profile."""
-
-    threads: int = field(default=1, metadata={"doc": "ONNX Runtime's intra-op threads"})
-    runs: int = field(default=50, metadata={"doc": "profiled runs (after a few warm-up runs)"})
-    batch: int = field(default=1, metadata={"doc": "images per run"})
 
 
 def check_file(path: str) -> Path:
