@@ -362,7 +362,9 @@ def parse_options(schema: type, items: list[str], others: bool = False) -> tuple
                 rest.append(o.input_line)
                 continue
             raise unknown_key(o.key_or_group, schema, "this command's options")
-        check_override_value(o.key_or_group, o.value(), f)
-        set_value(opts, o.key_or_group, field_value(o.value(), f))
+        # A comma list (threads=1,all) is Hydra's sweep syntax; a command's option reads it as text.
+        value = o.input_line.partition("=")[2] if o.is_sweep_override() else o.value()
+        check_override_value(o.key_or_group, value, f)
+        set_value(opts, o.key_or_group, field_value(value, f))
     check(schema, OmegaConf.to_container(opts))
     return opts, rest
