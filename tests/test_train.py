@@ -126,13 +126,6 @@ def test_resume_from_explicit_path(trained_run, cli, tmp_path):
     assert [m["epoch"] for m in _metrics(run)] == [3]
 
 
-def test_step_checkpoints_and_mid_epoch_resume(cli, tmp_path):
-    run = tmp_path / "steps"
-    cli("mobilenet-train", *TINY, "trainer.checkpoint_every_steps=4", f"hydra.run.dir={run}", cwd=tmp_path)
-    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
-    assert ckpt["epoch"] == 1 and ckpt["batches_done"] == 0  # the end-of-epoch save came last
-
-
 def test_bf16_autocast_and_ema_and_accumulation(cli, tmp_path):
     run = tmp_path / "bf16"
     cli("mobilenet-train", *TINY, "trainer.amp=bf16", "trainer.ema.enabled=true", "trainer.ema.decay=0.5",
