@@ -84,3 +84,11 @@ def diverge_on_rank_one(rank: int, port: int, results) -> None:
         results.put((rank, "finished"))
     except Exception as e:  # noqa: BLE001 - the test compares what each rank raised
         results.put((rank, type(e).__name__))
+
+
+# Every key of a training checkpoint (last.pt, best.pt): users and tools read them, so none may go.
+TRAINING_CHECKPOINT_KEYS = {
+    "format", "format_version", "model", "model_args", "config", "classes", "complexity", "metrics",
+    "epoch", "step", "batches_done", "best_val_top1", "best_epoch", "finished", "optimizer", "scheduler",
+    "scaler", "ema", "rng", "rng_per_rank", "world_size", "epoch_totals_per_rank",
+}

@@ -9,7 +9,8 @@ import multiprocessing
 import pytest
 import torch
 
-from helpers import diverge_on_rank_one, fit_in_process, float_entries, free_port, run_epoch, tiny_batches, tiny_parts
+from helpers import (TRAINING_CHECKPOINT_KEYS, diverge_on_rank_one, fit_in_process, float_entries, free_port, run_epoch,
+                     tiny_batches, tiny_parts)
 from mobilenet_train.checkpoint import load_checkpoint
 from mobilenet_train.engine import TrainState
 
@@ -55,14 +56,14 @@ def test_leftover_micro_batches_do_not_leak_into_the_next_step():
 
 
 def test_resume_is_exact_when_the_epoch_does_not_divide_into_steps(tmp_path):
-    # Batch 32 in 2 micro-batches of 16: 240 images give 15 micro-batches, 7 steps and one left over.
-    common = [*EXACT, "data.batch_size=32", "trainer.accum_steps=2"]
+    # Batch 96 in 2 micro-batches of 48: 240 images give 5 micro-batches, 2 steps and one left over.
+    common = [*EXACT, "data.batch_size=96", "trainer.accum_steps=2"]
     straight, split = tmp_path / "straight", tmp_path / "split"
     fit_in_process(straight, *common, "trainer.epochs=2")
     fit_in_process(split, *common, "trainer.epochs=1")
     fit_in_process(split, *common, "trainer.epochs=2")
     a, b = _last(straight), _last(split)
-    assert a["step"] == b["step"] == 2 * 7
+    assert a["step"] == b["step"] == 2 * 2
     _assert_same_weights(a["model"], b["model"])
 
 
@@ -97,6 +98,7 @@ def test_step_checkpoints_and_mid_epoch_resume(tmp_path, monkeypatch, caplog):
     monkeypatch.undo()
     ckpt = _last(steps)
     assert ckpt["epoch"] == 1 and ckpt["batches_done"] == 0  # the end-of-epoch save came last
+    assert set(ckpt) == TRAINING_CHECKPOINT_KEYS
     assert [p.name for p in kept.iterdir()] == ["step4.pt"]
     mid = load_checkpoint(kept / "step4.pt")
     assert mid["epoch"] == 0 and mid["step"] == mid["batches_done"] == 4 and not mid["finished"]

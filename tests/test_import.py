@@ -15,9 +15,8 @@ import pytest
 import torch
 
 from conftest import run_cli, shared_or_skip
-from mobilenet_train.checkpoint import load_checkpoint
+from mobilenet_train.checkpoint import load_checkpoint, model_from_checkpoint
 from mobilenet_train.cli import run_eval
-from mobilenet_train.engine import model_from_checkpoint
 from mobilenet_train.errors import UserError
 from mobilenet_train.importer import import_cli, import_weights
 from test_cli_errors import assert_one_line_error

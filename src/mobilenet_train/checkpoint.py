@@ -122,7 +122,8 @@ class Checkpointer:
     def step_due(self, step: int) -> bool:
         return bool(self.every_steps) and step % self.every_steps == 0
 
-    def save(self, state, metrics: dict, epoch_totals: torch.Tensor, finished_epoch: bool, is_best: bool = False) -> None:
+    def save(self, state, metrics: dict, epoch_totals: torch.Tensor, finished_epoch: bool,
+             is_best: bool = False) -> None:
         per_rank = distributed.gather_objects((rng_state(), epoch_totals.tolist()))
         if not self.is_main:
             return

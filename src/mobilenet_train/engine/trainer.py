@@ -167,7 +167,8 @@ class Trainer:
         val = evaluate(p.model, self.data.val_loader, p.prep, p.amp, desc=f"val {n}", progress=progress)
         out = {f"val_{k}": v for k, v in val.items() if k != "images_per_sec"}
         if p.ema is not None:
-            val_ema = evaluate(p.ema.module, self.data.val_loader, p.prep, p.amp, desc=f"val ema {n}", progress=progress)
+            val_ema = evaluate(p.ema.module, self.data.val_loader, p.prep, p.amp, desc=f"val ema {n}",
+                               progress=progress)
             out.update({f"val_ema_{k}": v for k, v in val_ema.items() if k != "images_per_sec"})
         return out
 
