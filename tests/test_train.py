@@ -1,4 +1,5 @@
-"""End-to-end: real training runs of the console scripts on a tiny generated dataset."""
+"""End-to-end, in subprocesses: real training runs of the console scripts on a tiny generated dataset
+(the engine itself is tested in process in test_engine.py)."""
 
 import json
 import math
