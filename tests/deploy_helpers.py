@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 import torch
 
-from conftest import run_cli
+from helpers import run_cli
 from mobilenet_train.deploy.latency import random_checkpoint
 
 SAMPLES = ("data", "imagenet-samples")

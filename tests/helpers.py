@@ -1,14 +1,82 @@
-"""Helpers shared by the data tests: photo-like images, odd datasets, ILSVRC2012-shaped archives."""
+"""Helpers the tests share (test files never import each other): the tiny config, running the
+installed commands, ../shared, and the helpers of the data and engine tests."""
 
 from __future__ import annotations
 
 import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
 import tarfile
+import types
+from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from conftest import TINY
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+BIN = Path(sys.executable).parent
+
+# A shapes dataset and model small enough for a training epoch in a few seconds on 2 cores.
+TINY = [
+    "+experiment=quickstart",
+    "data.generate.image_size=40",
+    "data.generate.train_per_class=24",
+    "data.generate.val_per_class=8",
+    "data.batch_size=40",
+    "data.eval_batch_size=64",
+    "data.num_workers=0",
+    "model.resolution=32",
+    "trainer.epochs=1",
+    "trainer.log_every_steps=2",
+    "trainer.progress=false",
+]
+
+
+def run_cli(name: str, *args: str, cwd: Path, timeout: int = 300, check: bool = True) -> subprocess.CompletedProcess:
+    """Run an installed console script, as a user would, from `cwd`."""
+    exe = BIN / name
+    assert exe.exists(), f"{exe} missing: install the package (make install)"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{name} {' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\n"
+                             f"stderr:\n{proc.stderr}")
+    return proc
+
+
+def assert_one_line_error(proc, *needles, code=2):
+    """Bad input: one line on stderr naming the problem, the exit code, no traceback."""
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert lines[0].startswith(tuple(f"mobilenet-{c}: error:" for c in ("train", "eval", "import", "export", "bench"))), lines[0]
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def shared_or_skip(*parts: str) -> Path:
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent (../shared is only on the project's machines)")
+    return path
+
+
+def copy_tree(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+# ----------------------------------------------------------------------------- data: photo-like images, odd datasets
+
 
 TINY_FOLDER = [o for o in TINY if not o.startswith("data.generate.")]  # TINY for a dataset on disk
 WNIDS = ["n00000001", "n00000002", "n00000003"]
@@ -104,3 +172,87 @@ def prepared_imagenet(tmp_path):
     r = prepare(src, dest, expect=SMALL, progress=False)
     assert r["problems"] == [] and (r["train"], r["val"], r["classes"]) == (16, 6, 3)
     return src, dest
+
+
+# ----------------------------------------------------------------------------- engine: in-process runs
+
+
+def job_config(*overrides: str) -> DictConfig:
+    """The real config with `overrides`, as `fit` receives it from Hydra (no `hydra` node)."""
+    from mobilenet_train.config import compose
+
+    return compose([*TINY, *overrides], hydra=False)
+
+
+def fit_in_process(run_dir: Path, *overrides: str) -> dict:
+    from mobilenet_train.engine import fit
+
+    return fit(job_config(*overrides), run_dir)
+
+
+def float_entries(state: dict) -> dict:
+    """The floating-point tensors of a state dict (EMA keys lose their `module.` prefix)."""
+    return {k.removeprefix("module."): v for k, v in state.items() if v.is_floating_point()}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tiny_parts(loss_scale: float):
+    """TrainParts of a linear classifier over 4x4 images, its loss multiplied by `loss_scale`."""
+    from mobilenet_train.data import DevicePreprocess
+    from mobilenet_train.engine import TrainParts
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = types.SimpleNamespace(step_update=lambda num_updates: None)
+    ce = torch.nn.CrossEntropyLoss()
+    return TrainParts(model, model, optimizer, scheduler, torch.amp.GradScaler("cpu", enabled=False),
+                      lambda logits, y: ce(logits, y) * loss_scale,
+                      DevicePreprocess("imagenet", torch.device("cpu"), False), None, None)
+
+
+def tiny_batches(n: int) -> list:
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8, generator=g),
+             torch.randint(0, 3, (2,), generator=g)) for _ in range(n)]
+
+
+def run_epoch(parts, batches, state, **tcfg):
+    """`train_one_epoch` over `batches`, alone or as one rank of a process group."""
+    from mobilenet_train import distributed
+    from mobilenet_train.engine import train_one_epoch
+
+    settings = {"accum_steps": 1, "log_every_steps": 1, "checkpoint_every_steps": 0, "grad_clip": 0.0, **tcfg}
+    dist_info = distributed.DistInfo(distributed.dist.get_rank(), distributed.dist.get_world_size()) \
+        if distributed.is_initialized() else distributed.DistInfo()
+    return train_one_epoch(parts, batches, state, OmegaConf.create(settings), "epoch 1/1", None, False, dist_info)
+
+
+def diverge_on_rank_one(rank: int, port: int, results) -> None:
+    """One of two gloo ranks: rank 1's loss is NaN from the first step on. Reports what it raised."""
+    import datetime
+
+    import torch.distributed as dist
+
+    from mobilenet_train.engine import TrainState
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=20))
+    try:
+        run_epoch(tiny_parts(float("nan") if rank == 1 else 1.0), tiny_batches(4), TrainState())
+        results.put((rank, "finished"))
+    except Exception as e:  # noqa: BLE001 - the test compares what each rank raised
+        results.put((rank, type(e).__name__))
+
+
+# Every key of a training checkpoint (last.pt, best.pt): users and tools read them, so none may go.
+TRAINING_CHECKPOINT_KEYS = {
+    "format", "format_version", "model", "model_args", "config", "classes", "complexity", "metrics",
+    "epoch", "step", "batches_done", "best_val_top1", "best_epoch", "finished", "optimizer", "scheduler",
+    "scaler", "ema", "rng", "rng_per_rank", "world_size", "epoch_totals_per_rank",
+}

@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from conftest import REPO
+from helpers import REPO
 
 
 def test_bench_train_runs_and_reports_ratio(tmp_path):

@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from conftest import REPO
+from helpers import REPO
 from helpers import photo, save_jpeg
 
 

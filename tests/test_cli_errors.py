@@ -5,18 +5,7 @@ import argparse
 import pytest
 import torch
 
-from conftest import TINY
-
-
-def assert_one_line_error(proc, *needles, code=2):
-    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr + proc.stdout
-    assert lines[0].startswith(tuple(f"mobilenet-{c}: error:" for c in ("train", "eval", "import", "export", "bench"))), lines[0]
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
+from helpers import TINY, assert_one_line_error
 
 
 def train(cli, tmp_path, *args):

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from conftest import TINY
+from helpers import TINY
 from mobilenet_train.config import compose, leaf_fields, parse_options
 from mobilenet_train.config.help import train_help
 from mobilenet_train.config.schema import COMMAND_OPTIONS, TrainConfig, type_name

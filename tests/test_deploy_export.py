@@ -19,7 +19,7 @@ from mobilenet_train.deploy.formats import FORMATS, read_metadata, runner
 from mobilenet_train.deploy.inputs import checkpoint_images, generated_images
 from mobilenet_train.deploy.prepare import deploy_model
 from mobilenet_train.errors import UserError
-from test_cli_errors import assert_one_line_error
+from helpers import assert_one_line_error
 
 
 # ExecuTorch's lowering of alpha 1.0 takes ~25 s on the shared 2-core machine: one such case in the fast set.

@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from conftest import run_cli
+from helpers import run_cli
 from deploy_helpers import arch_ckpts, one_thread  # noqa: F401 - fixtures
 from mobilenet_train.deploy.latency import LatencyOptions, bench_model, parse_backends, run_latency
 from mobilenet_train.errors import UserError
 from mobilenet_train.report import LATENCY_OUTPUT, write_report
-from test_cli_errors import assert_one_line_error
+from helpers import assert_one_line_error
 
 
 def test_latency_bench_writes_json_and_report_reads_it(trained_run, tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import shared_or_skip
+from helpers import shared_or_skip
 from deploy_helpers import SAMPLES, one_thread, tflite_operators  # noqa: F401 - fixture
 from mobilenet_train.deploy.export import export
 from mobilenet_train.deploy.formats import FORMATS

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from conftest import BIN, TINY
+from helpers import BIN, TINY
 from mobilenet_train.checkpoint import load_checkpoint
 
 

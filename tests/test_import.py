@@ -14,14 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli, shared_or_skip
-from mobilenet_train.checkpoint import load_checkpoint
+from helpers import run_cli, shared_or_skip
+from mobilenet_train.checkpoint import load_checkpoint, model_from_checkpoint
 from mobilenet_train.evaluation import evaluate_checkpoint as run_eval
-from mobilenet_train.engine import model_from_checkpoint
 from mobilenet_train.errors import UserError
 from mobilenet_train.cli.importer import main as import_cli
 from mobilenet_train.importer import import_weights
-from test_cli_errors import assert_one_line_error
+from helpers import assert_one_line_error
 
 KERAS_DIR = ("weights", "keras-tfjs-mobilenet_v1_0.75_224")
 TFLITE_DIR = ("weights", "tflite-quant")

@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from conftest import BIN, TINY
+from helpers import BIN, TINY
 from mobilenet_train.checkpoint import load_checkpoint
 from mobilenet_train.data import EpochSampler
 from mobilenet_train.preemption import EXIT_PREEMPTED

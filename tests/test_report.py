@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import TINY, run_cli
+from helpers import TINY, run_cli
 from mobilenet_train import published
 from mobilenet_train.complexity import complexity_of
 from mobilenet_train.model import ModelArgs

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import BIN, REPO, TINY
+from helpers import BIN, REPO, TINY
 from mobilenet_train.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slurm

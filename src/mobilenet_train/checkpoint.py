@@ -11,13 +11,16 @@ import json
 import os
 import pickle
 import random
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from . import distributed
 from .errors import UserError
+from .model import MobileNetV1, ModelArgs
 
 FORMAT = "mobilenet-train"
 FORMAT_VERSION = 1
@@ -73,6 +76,72 @@ def load_checkpoint(path: str | Path) -> dict:
         if key not in ckpt:
             raise UserError(f"{path} is incomplete: it has no '{key}' entry")
     return ckpt
+
+
+# ----------------------------------------------------------------------------- payloads
+
+
+def model_payload(model, args: ModelArgs, config: dict, classes: list[str] | None, complexity: dict,
+                  metrics: dict | None = None, epoch: int = 0, step: int = 0, **extra) -> dict:
+    """What every checkpoint holds: enough to rebuild, evaluate and fine-tune the model without its
+    run dir. `extra`: training state (the Checkpointer) or provenance (`import`, mobilenet-import)."""
+    return {"model": model.state_dict(), "model_args": args.to_dict(), "config": config, "classes": classes,
+            "complexity": complexity, "metrics": metrics if metrics is not None else {}, "epoch": epoch,
+            "step": step, **extra}
+
+
+def model_from_checkpoint(ckpt: dict, use_ema: bool = False) -> tuple[MobileNetV1, ModelArgs]:
+    args = ModelArgs(**ckpt["model_args"])
+    model = MobileNetV1(args)
+    state = ckpt["model"]
+    if use_ema:
+        if not ckpt.get("ema"):
+            raise UserError("use_ema=true but this checkpoint has no EMA weights (train with trainer.ema.enabled=true)")
+        state = {k.removeprefix("module."): v for k, v in ckpt["ema"].items()}
+    model.load_state_dict(state)
+    return model, args
+
+
+class Checkpointer:
+    """A run's checkpoints/last.pt (every epoch, and every `every_steps` optimizer steps) and
+    best.pt: the model payload plus all that an exact resume needs.
+
+    `save` runs on every rank: each rank's RNG state (dropout differs per rank) and epoch sums
+    (a mid-epoch resume needs every rank's share) are gathered; rank 0 writes.
+    """
+
+    def __init__(self, ckpt_dir: Path, parts, describe: dict, epochs: int, every_steps: int = 0,
+                 world_size: int = 1, is_main: bool = True):
+        self.dir, self.parts, self.describe, self.epochs = Path(ckpt_dir), parts, describe, epochs
+        self.every_steps, self.world_size, self.is_main = every_steps, world_size, is_main
+
+    @property
+    def last(self) -> Path:
+        return self.dir / "last.pt"
+
+    def step_due(self, step: int) -> bool:
+        return bool(self.every_steps) and step % self.every_steps == 0
+
+    def save(self, state, metrics: dict, epoch_totals: torch.Tensor, finished_epoch: bool,
+             is_best: bool = False) -> None:
+        per_rank = distributed.gather_objects((rng_state(), epoch_totals.tolist()))
+        if not self.is_main:
+            return
+        payload = self.payload(state, metrics, per_rank, finished_epoch)
+        save_checkpoint(self.last, payload)
+        if is_best:
+            save_checkpoint(self.dir / "best.pt", payload)
+
+    def payload(self, state, metrics: dict, per_rank: list, finished_epoch: bool) -> dict:
+        """`state` is the loop's TrainState (epoch, step, batches_done, best_val_top1, best_epoch)."""
+        p = self.parts
+        return model_payload(
+            p.model, **self.describe, metrics=metrics, **asdict(state),
+            finished=finished_epoch and state.epoch >= self.epochs,
+            optimizer=p.optimizer.state_dict(), scheduler=p.scheduler.state_dict(), scaler=p.scaler.state_dict(),
+            ema=p.ema.state_dict() if p.ema is not None else None,
+            rng=per_rank[0][0], rng_per_rank=[r for r, _ in per_rank], world_size=self.world_size,
+            epoch_totals_per_rank=[t for _, t in per_rank])
 
 
 # ----------------------------------------------------------------------------- RNG states

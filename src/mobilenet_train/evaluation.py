@@ -12,12 +12,12 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from .checkpoint import atomic_write_json, load_checkpoint
+from .checkpoint import atomic_write_json, load_checkpoint, model_from_checkpoint
 from .complexity import measure_complexity
 from .config import apply_overrides, parse_options, parse_overrides, typed_config
 from .config.schema import EvalOptions
 from .data import DevicePreprocess, build_data
-from .engine import autocast_dtype, evaluate, model_from_checkpoint, progress_enabled, resolve_device  # TODO merge
+from .engine import autocast_dtype, evaluate, progress_enabled, resolve_device
 from .errors import UserError
 
 # Model settings an evaluation may change without contradicting the checkpoint.

@@ -109,7 +109,7 @@ def _split_overrides(items: list[str]) -> tuple[bool, dict, list[str]]:
 
 def import_weights(sources: list[str], out: str, override_items: list[str] = ()) -> dict:
     """Read `sources`, write the checkpoint `out` atomically; returns a summary."""
-    from .checkpoint import save_checkpoint
+    from .checkpoint import model_payload, save_checkpoint
     from .complexity import measure_complexity
     from .config import compose, resolved
     from .model import ModelArgs
@@ -155,11 +155,7 @@ def import_weights(sources: list[str], out: str, override_items: list[str] = ())
         "eval_preset": config["data"]["eval_preset"],
         **{k: v for k, v in src.details.items() if k != "resolution_from"},
     }
-    payload = {
-        "model": model.state_dict(), "model_args": args.to_dict(), "config": config, "classes": classes,
-        "complexity": complexity, "metrics": {}, "epoch": 0, "step": 0, "import": record,
-    }
-    save_checkpoint(out_path, payload)
+    save_checkpoint(out_path, model_payload(model, args, config, classes, complexity, **{"import": record}))
     return {"out": str(out_path), "args": args, "complexity": complexity, "classes": classes, **record}
 
 

@@ -38,7 +38,7 @@ import torch
 from ..checkpoint import atomic_write_json, load_checkpoint, save_checkpoint
 from ..config import compose, resolved
 from ..complexity import measure_complexity
-from ..engine import model_from_checkpoint
+from ..checkpoint import model_from_checkpoint, model_payload
 from ..config.schema import LatencyOptions
 from ..errors import UserError
 from ..model import MobileNetV1, ModelArgs
@@ -152,10 +152,7 @@ def random_checkpoint(overrides: list[str], path: Path) -> Path:
     torch.manual_seed(0)  # the same weights every time
     model = MobileNetV1(args)
     _measure_batchnorm(model, {"model_args": args.to_dict(), "config": config})
-    # TODO(lead): one checkpoint builder (the engine's checkpointer) instead of this hand-built payload.
-    save_checkpoint(path, {"model": model.state_dict(), "model_args": args.to_dict(), "config": config,
-                           "classes": None, "complexity": measure_complexity(model, args.resolution),
-                           "metrics": {}, "epoch": 0, "step": 0})
+    save_checkpoint(path, model_payload(model, args, config, None, measure_complexity(model, args.resolution)))
     return path
 
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from ..engine import model_from_checkpoint
+from ..checkpoint import model_from_checkpoint
 from ..model import Conv2dTFSame, ConvBNAct
 
 

@@ -1,0 +1,97 @@
+"""What a run reports: TensorBoard and metrics.jsonl (rank 0 only) and console lines."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.tensorboard import SummaryWriter
+
+from ..checkpoint import atomic_write_text
+
+log = logging.getLogger("mobilenet_train")
+
+
+class RunLogger:
+    """TensorBoard (`tb/`) and `metrics.jsonl` in the run dir on rank 0; console lines.
+
+    A resumed run first drops the metrics.jsonl lines of epochs its checkpoint does not include.
+    """
+
+    def __init__(self, run_dir: Path, cfg: DictConfig, is_main: bool, progress: bool, resumed_epoch: int | None):
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self.is_main, self.progress = is_main, progress
+        self.writer: SummaryWriter | None = None
+        if is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            if resumed_epoch is not None:
+                trim_metrics(self.metrics_path, resumed_epoch)
+            self.writer = SummaryWriter(str(run_dir / "tb"))
+            self.writer.add_text("config", "```\n" + OmegaConf.to_yaml(cfg) + "\n```", 0)
+
+    def window(self, step: int, metrics: dict, desc: str) -> None:
+        """A log window's train metrics (loss, top1, lr, images_per_sec, data_wait_share, bad_images)."""
+        if self.writer is not None:
+            for k, v in metrics.items():
+                self.writer.add_scalar(f"train/{k}", v, step)
+        if not self.progress and self.is_main:
+            log.info("%s step %d: loss %.4f top-1 %.2f%% lr %.3g %.0f img/s data-wait %.0f%%", desc, step,
+                     metrics["loss"], metrics["top1"], metrics["lr"], metrics["images_per_sec"],
+                     100 * metrics["data_wait_share"])
+
+    def epoch(self, metrics: dict, desc: str) -> None:
+        """An epoch's line of metrics.jsonl, its TensorBoard scalars and its console line."""
+        if not self.is_main:
+            return
+        self._epoch_scalars(metrics)
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        val = (f", val loss {metrics['val_loss']:.4f} top-1 {metrics['val_top1']:.2f}% top-5 {metrics['val_top5']:.2f}%"
+               if "val_top1" in metrics else "")
+        ema = f", EMA top-1 {metrics['val_ema_top1']:.2f}%" if "val_ema_top1" in metrics else ""
+        log.info("%s: train loss %.4f top-1 %.2f%%%s%s, %.0f img/s, data-wait %.0f%%", desc, metrics["train_loss"],
+                 metrics["train_top1"], val, ema, metrics["images_per_sec"], 100 * metrics["data_wait_share"])
+
+    def _epoch_scalars(self, metrics: dict) -> None:
+        step, writer = metrics["step"], self.writer
+        for key in ("train_loss", "train_top1", "images_per_sec", "data_wait_share", "lr"):
+            writer.add_scalar(f"epoch/{key}", metrics[key], step)
+        for key, value in metrics.items():
+            if key.startswith("val_") and key != "val_num_images":
+                group, _, name = key.rpartition("_")
+                writer.add_scalar(f"{group}/{name}", value, step)
+        writer.add_scalar("epoch/epoch", metrics["epoch"], step)
+        writer.flush()
+
+    def finish(self, hparams: dict, metrics: dict, state, ckpt_dir: Path) -> None:
+        """The HParams summary (the run's settings with its final metrics) and the last console line."""
+        if not self.is_main:
+            return
+        self.writer.add_hparams(
+            hparams, {"hparam/val_top1": metrics.get("val_top1", float("nan")),
+                      "hparam/val_top5": metrics.get("val_top5", float("nan")),
+                      "hparam/best_val_top1": state.best_val_top1},
+            run_name=".", global_step=state.step)
+        log.info("done: %d epochs, final val top-1 %.2f%%, best %.2f%% (epoch %d); checkpoints in %s",
+                 hparams["epochs"], metrics.get("val_top1", float("nan")), state.best_val_top1, state.best_epoch,
+                 ckpt_dir)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def trim_metrics(path: Path, completed_epochs: int) -> None:
+    """Drop metrics.jsonl lines of epochs the resumed checkpoint does not include."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("epoch", 0) <= completed_epochs:
+                keep.append(line)
+        except json.JSONDecodeError:
+            continue
+    atomic_write_text(path, "".join(f"{line}\n" for line in keep))

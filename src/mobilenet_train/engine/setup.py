@@ -1,0 +1,170 @@
+"""Before the loop: this process (device, distributed group, seeds, determinism) and the
+`TrainParts` the loop touches (model, optimizer, scheduler, scaler, EMA, ...)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from timm.utils import ModelEmaV3
+from torch import nn
+
+from .. import distributed, finetune
+from ..data import DevicePreprocess
+from ..errors import UserError
+from ..optim import build_optimizer, build_scheduler
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"trainer.device={name} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"trainer.device={name} but CUDA is not available here: use trainer.device=cpu (or auto)")
+    return device
+
+
+def autocast_dtype(amp: str | None, device: torch.device) -> torch.dtype | None:
+    """None (fp32), bfloat16 or float16; fp16 only on CUDA (it needs a GradScaler)."""
+    if amp in (None, "none", False):
+        return None
+    if amp == "bf16":
+        return torch.bfloat16
+    if amp == "fp16":
+        if device.type != "cuda":
+            raise UserError("trainer.amp=fp16 needs a CUDA device: use trainer.amp=bf16 on CPU")
+        return torch.float16
+    raise UserError(f"trainer.amp={amp} is unknown: use none, bf16 or fp16")
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def progress_enabled(setting) -> bool:
+    """trainer.progress / progress: auto (a bar when stderr is a terminal), true or false."""
+    if str(setting).lower() in ("auto", "none"):
+        return sys.stderr.isatty()
+    return str(setting).lower() == "true"
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------- this process
+
+
+@dataclass(frozen=True)
+class TrainContext:
+    """Where and how this process trains."""
+
+    dist_info: distributed.DistInfo
+    run_dir: Path        # rank 0's run dir, on every rank
+    device: torch.device
+    amp: torch.dtype | None
+    progress: bool       # a progress bar (rank 0 only)
+
+
+def start_process(cfg: DictConfig, run_dir: Path) -> TrainContext:
+    """Join the process group (if launched as several), pick the device, seed, set determinism."""
+    tcfg = cfg.trainer
+    if tcfg.deterministic:
+        # Before CUDA starts: cuBLAS is only deterministic with a fixed workspace.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    dist_info = distributed.init_distributed("cuda" if torch.cuda.is_available() and tcfg.device != "cpu" else "cpu",
+                                             timeout_s=int(tcfg.get("dist_timeout_s") or 300))
+    if dist_info.enabled:
+        # Every rank must work in rank 0's run dir (a Hydra timestamp can differ by a second).
+        run_dir = Path(distributed.broadcast_object(str(run_dir)))
+    device = resolve_device(tcfg.device, dist_info.local_rank)
+    amp = autocast_dtype(tcfg.amp, device)
+    progress = progress_enabled(tcfg.progress) and dist_info.is_main
+    seed_everything(int(cfg.seed) + dist_info.rank)
+    _set_determinism(bool(tcfg.deterministic), device)
+    return TrainContext(dist_info, run_dir, device, amp, progress)
+
+
+def _set_determinism(deterministic: bool, device: torch.device) -> None:
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+# ----------------------------------------------------------------------------- the parts
+
+
+@dataclass
+class TrainParts:
+    """Everything the loop touches, built once by `fit`."""
+
+    model: nn.Module           # the bare model (state dicts, eval, EMA source)
+    train_model: nn.Module     # what the loop calls: DDP- and/or compile-wrapped model
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: torch.amp.GradScaler
+    loss_fn: nn.Module
+    prep: DevicePreprocess
+    amp: torch.dtype | None
+    ema: ModelEmaV3 | None
+    frozen_backbone: bool = False  # fine-tuning: only the classifier trains
+
+
+def build_parts(cfg: DictConfig, ctx: TrainContext, model: nn.Module, weights: dict | None, init: dict | None,
+                epoch: int, epochs: int, steps_per_epoch: int) -> TrainParts:
+    """The parts for training `model` from `weights` (a resumed run's), else from `init` (model.init).
+
+    The weights go in before anything copies the model: the EMA starts from them.
+    """
+    tcfg, device = cfg.trainer, ctx.device
+    if weights is not None:
+        model.load_state_dict(weights)
+    elif init is not None:
+        finetune.load_init_weights(model, init, cfg.model.init)
+    if tcfg.get("sync_bn") and ctx.dist_info.enabled:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(device)
+    if tcfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, cfg.optim, int(cfg.data.batch_size))
+    scheduler = build_scheduler(optimizer, cfg.sched, epochs, steps_per_epoch)
+    scaler = torch.amp.GradScaler(device.type, enabled=ctx.amp == torch.float16)
+    ema = ModelEmaV3(model, decay=float(tcfg.ema.decay), use_warmup=bool(tcfg.ema.warmup)) if tcfg.ema.enabled else None
+    # Fine-tuning may train only the classifier at first (after the optimizer has all parameters).
+    frozen = epoch < int(tcfg.get("freeze_backbone_epochs") or 0)
+    finetune.set_backbone_frozen(model, frozen)
+    train_model = training_wrapper(model, ctx.dist_info, device, bool(tcfg.compile))
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=float(cfg.optim.label_smoothing))
+    prep = DevicePreprocess(cfg.data.normalization, device, bool(tcfg.channels_last))
+    return TrainParts(model, train_model, optimizer, scheduler, scaler, loss_fn, prep, ctx.amp, ema, frozen)
+
+
+def training_wrapper(model: nn.Module, dist_info: distributed.DistInfo, device: torch.device,
+                     compile_model: bool) -> nn.Module:
+    """What the loop calls: the model, DDP-wrapped when distributed, compiled if asked."""
+    train_model: nn.Module = model
+    if dist_info.enabled:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if compile_model:
+        train_model = torch.compile(train_model)
+    return train_model
