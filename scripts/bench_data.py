@@ -33,8 +33,7 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import datasets
 from torchvision.transforms import v2
 
-from mobilenet_train.data import (NORMALIZATION, collate, eval_resize_size, eval_transform, image_folder,
-                                  train_transform)
+from mobilenet_train.data import NORMALIZATION, collate, eval_resize_size, eval_transform, image_folder, train_transform
 
 
 def data_cfg(min_crop_area: float):

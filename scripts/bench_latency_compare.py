@@ -22,7 +22,6 @@ Usage (the numbers in the issue-7 note were made with):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys

@@ -11,8 +11,8 @@ import os
 from pathlib import Path
 
 import pytest
-
-from helpers import TINY, run_cli
+import torch
+from helpers import TINY, ArchCheckpoints, run_cli
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -31,6 +31,25 @@ def compose():
         return compose_config(list(overrides))
 
     return _compose
+
+
+@pytest.fixture(autouse=True)
+def one_thread(request, monkeypatch):
+    """Deploy tests: two shared cores, and OpenMP's spinning threads make small models slower, not faster."""
+    if not request.module.__name__.startswith("test_deploy"):
+        yield
+        return
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def arch_ckpts(tmp_path_factory):
+    """{(alpha, resolution): checkpoint}, random weights, each built on first use in the session."""
+    return ArchCheckpoints(tmp_path_factory.mktemp("arch"))
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tarfile
 import types
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -256,3 +257,51 @@ TRAINING_CHECKPOINT_KEYS = {
     "epoch", "step", "batches_done", "best_val_top1", "best_epoch", "finished", "optimizer", "scheduler",
     "scaler", "ema", "rng", "rng_per_rank", "world_size", "epoch_totals_per_rank",
 }
+
+
+# ----------------------------------------------------------------------------- deploy: checkpoints, files
+
+
+SAMPLES = ("data", "imagenet-samples")
+
+
+class ArchCheckpoints(dict):
+    """{(alpha, resolution): checkpoint}, each built on first use: alpha 1.0 and 0.25 at 64 and 96 px
+    (96: TF-same padding), random weights with measured BN statistics."""
+
+    def __init__(self, root):
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, key):
+        from mobilenet_train.deploy.latency import random_checkpoint
+
+        alpha, res = key
+        self[key] = random_checkpoint([f"model.alpha={alpha}", f"model.resolution={res}", "model.num_classes=10",
+                                       "data.num_classes=10", *(["model.padding=tf_same"] if res == 96 else [])],
+                                      self.root / f"a{alpha}_r{res}.pt")
+        return self[key]
+
+
+def leftovers(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def run_export(*args, cwd):
+    return run_cli("mobilenet-export", *args, cwd=cwd, check=False)
+
+
+def tflite_operators(path) -> list[tuple[str, object, object]]:
+    """(operator name, operator, subgraph) of a .tflite file's main graph, in order."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    model = flatbuffer_utils.read_model(str(path))
+    codes, graph = model.operatorCodes, model.subgraphs[0]
+    return [(names[max(codes[op.opcodeIndex].builtinCode, codes[op.opcodeIndex].deprecatedBuiltinCode)], op, graph)
+            for op in graph.operators]
+
+
+def tflite_ops(path) -> dict:
+    return Counter(name for name, _, _ in tflite_operators(path))

@@ -4,8 +4,7 @@ import json
 import subprocess
 import sys
 
-from helpers import REPO
-from helpers import photo, save_jpeg
+from helpers import REPO, photo, save_jpeg
 
 
 def test_bench_data_reports_ratios_for_all_pipelines(tmp_path):

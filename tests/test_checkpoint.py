@@ -6,11 +6,16 @@ import types
 
 import pytest
 import torch
+from helpers import TRAINING_CHECKPOINT_KEYS
 from timm.utils import ModelEmaV3
 
-from helpers import TRAINING_CHECKPOINT_KEYS
-from mobilenet_train.checkpoint import (Checkpointer, load_checkpoint, model_from_checkpoint, model_payload,
-                                       save_checkpoint)
+from mobilenet_train.checkpoint import (
+    Checkpointer,
+    load_checkpoint,
+    model_from_checkpoint,
+    model_payload,
+    save_checkpoint,
+)
 from mobilenet_train.engine import TrainState
 from mobilenet_train.errors import UserError
 from mobilenet_train.model import MobileNetV1, ModelArgs

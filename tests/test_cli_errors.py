@@ -4,7 +4,6 @@ import argparse
 
 import pytest
 import torch
-
 from helpers import TINY, assert_one_line_error
 
 

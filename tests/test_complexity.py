@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from mobilenet_train.complexity import complexity_of, count_mult_adds, measure_complexity
 from mobilenet_train.model import ModelArgs, mobilenet_v1

@@ -8,8 +8,8 @@ import math
 
 import pytest
 import torch
-
 from helpers import TINY
+
 from mobilenet_train.config import compose, leaf_fields, parse_options
 from mobilenet_train.config.help import train_help
 from mobilenet_train.config.schema import COMMAND_OPTIONS, TrainConfig, type_name

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
+from helpers import save_jpeg
 from PIL import Image
 
-from helpers import save_jpeg
 from mobilenet_train.data import FastRandomResizedCrop
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-
 from helpers import odd_dataset
+
 from mobilenet_train.data import FastRandomResizedCrop
 
 

@@ -6,8 +6,8 @@ import logging
 
 import pytest
 import torch
-
 from helpers import TINY_FOLDER, data_config, odd_dataset
+
 from mobilenet_train.data import build_data
 from mobilenet_train.errors import UserError
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from helpers import WNIDS, prepared_imagenet
+
 from mobilenet_train.data import ShardFiles, read_index
 from mobilenet_train.data.pack import pack
 

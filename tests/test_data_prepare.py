@@ -5,9 +5,9 @@ from __future__ import annotations
 import tarfile
 
 import pytest
+from helpers import SMALL, WNIDS, add, make_ilsvrc, prepared_imagenet
 from PIL import Image
 
-from helpers import SMALL, WNIDS, add, make_ilsvrc, prepared_imagenet
 from mobilenet_train.data.prepare import prepare
 from mobilenet_train.errors import UserError
 

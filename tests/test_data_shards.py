@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
+from helpers import TINY_FOLDER, prepared_imagenet
 from torch.utils.data import DataLoader
 
-from helpers import TINY_FOLDER, prepared_imagenet
 from mobilenet_train.data import ShardStream
 from mobilenet_train.data.pack import pack
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import photo, save_jpeg
 from omegaconf import OmegaConf
 from PIL import Image
 from torchvision.transforms import v2
 
-from helpers import photo, save_jpeg
 from mobilenet_train.data import CentralFractionCrop, FastEvalCrop, eval_transform
 from mobilenet_train.errors import UserError
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from deploy_helpers import one_thread  # noqa: F401 - fixture
 from mobilenet_train.deploy.export import export
 from mobilenet_train.deploy.formats import read_metadata
 from mobilenet_train.deploy.verify import INT8_MIN_COSINE

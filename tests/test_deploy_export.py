@@ -8,18 +8,17 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from helpers import assert_one_line_error, leftovers, run_export, tflite_ops
 
-from deploy_helpers import arch_ckpts, leftovers, one_thread, run_export, tflite_ops  # noqa: F401 - fixtures
 from mobilenet_train.checkpoint import load_checkpoint
 from mobilenet_train.cli.export import main as export_main
-from mobilenet_train.deploy import onnx as onnx_format
 from mobilenet_train.deploy import export as export_module
+from mobilenet_train.deploy import onnx as onnx_format
 from mobilenet_train.deploy.export import export
 from mobilenet_train.deploy.formats import FORMATS, read_metadata, runner
 from mobilenet_train.deploy.inputs import checkpoint_images, generated_images
 from mobilenet_train.deploy.prepare import deploy_model
 from mobilenet_train.errors import UserError
-from helpers import assert_one_line_error
 
 
 # ExecuTorch's lowering of alpha 1.0 takes ~25 s on the shared 2-core machine: one such case in the fast set.

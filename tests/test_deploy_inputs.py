@@ -8,7 +8,6 @@ import shutil
 import pytest
 import torch
 
-from deploy_helpers import one_thread  # noqa: F401 - fixture
 from mobilenet_train.checkpoint import load_checkpoint
 from mobilenet_train.deploy.export import export
 from mobilenet_train.deploy.inputs import checkpoint_images, data_config, eval_batches, labelled_folder, load_images

@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import assert_one_line_error, run_cli
 
-from helpers import run_cli
-from deploy_helpers import arch_ckpts, one_thread  # noqa: F401 - fixtures
 from mobilenet_train.deploy.latency import LatencyOptions, bench_model, parse_backends, run_latency
 from mobilenet_train.errors import UserError
 from mobilenet_train.report import LATENCY_OUTPUT, write_report
-from helpers import assert_one_line_error
 
 
 def test_latency_bench_writes_json_and_report_reads_it(trained_run, tmp_path):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from deploy_helpers import arch_ckpts, one_thread  # noqa: F401 - fixtures
 from mobilenet_train.checkpoint import load_checkpoint
 from mobilenet_train.deploy.prepare import deploy_model, pad_channels_last
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from helpers import run_cli
-from deploy_helpers import one_thread  # noqa: F401 - fixture
+from helpers import assert_one_line_error, run_cli
+
 from mobilenet_train.deploy.export import export
 from mobilenet_train.deploy.profile import onnx_profile
-from helpers import assert_one_line_error
 
 
 def test_profile_splits_the_time_by_operator(trained_run, tmp_path):

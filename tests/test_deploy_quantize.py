@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import SAMPLES, shared_or_skip, tflite_operators
 
-from helpers import shared_or_skip
-from deploy_helpers import SAMPLES, one_thread, tflite_operators  # noqa: F401 - fixture
 from mobilenet_train.deploy.export import export
 from mobilenet_train.deploy.formats import FORMATS
 from mobilenet_train.deploy.latency import random_checkpoint

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import tflite_ops
 
-from deploy_helpers import arch_ckpts, one_thread, tflite_ops  # noqa: F401 - fixtures
 from mobilenet_train.checkpoint import load_checkpoint
 from mobilenet_train.deploy.export import export
 from mobilenet_train.deploy.formats import read_metadata

@@ -4,9 +4,8 @@ import json
 import os
 import subprocess
 
-import pytest
-
 from helpers import BIN, TINY
+
 from mobilenet_train.checkpoint import load_checkpoint
 
 

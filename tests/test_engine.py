@@ -8,9 +8,17 @@ import multiprocessing
 
 import pytest
 import torch
+from helpers import (
+    TRAINING_CHECKPOINT_KEYS,
+    diverge_on_rank_one,
+    fit_in_process,
+    float_entries,
+    free_port,
+    run_epoch,
+    tiny_batches,
+    tiny_parts,
+)
 
-from helpers import (TRAINING_CHECKPOINT_KEYS, diverge_on_rank_one, fit_in_process, float_entries, free_port, run_epoch,
-                     tiny_batches, tiny_parts)
 from mobilenet_train.checkpoint import load_checkpoint
 from mobilenet_train.engine import TrainState
 

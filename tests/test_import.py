@@ -13,14 +13,13 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from helpers import assert_one_line_error, run_cli, shared_or_skip
 
-from helpers import run_cli, shared_or_skip
 from mobilenet_train.checkpoint import load_checkpoint, model_from_checkpoint
-from mobilenet_train.evaluation import evaluate_checkpoint as run_eval
-from mobilenet_train.errors import UserError
 from mobilenet_train.cli.importer import main as import_cli
+from mobilenet_train.errors import UserError
+from mobilenet_train.evaluation import evaluate_checkpoint as run_eval
 from mobilenet_train.importer import import_weights
-from helpers import assert_one_line_error
 
 KERAS_DIR = ("weights", "keras-tfjs-mobilenet_v1_0.75_224")
 TFLITE_DIR = ("weights", "tflite-quant")

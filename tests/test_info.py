@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from mobilenet_train.complexity import complexity_of
 from mobilenet_train.cli.info import main as info_cli
+from mobilenet_train.complexity import complexity_of
 from mobilenet_train.info import describe, format_info, grid, grid_axes
 from mobilenet_train.model import ModelArgs
 

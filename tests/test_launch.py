@@ -6,8 +6,8 @@ import os
 import subprocess
 
 import pytest
-
 from helpers import BIN, REPO, TINY
+
 from mobilenet_train import distributed
 from mobilenet_train.config import compose as compose_config
 from mobilenet_train.config.compose import _run_stamp

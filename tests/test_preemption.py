@@ -10,8 +10,8 @@ import subprocess
 import time
 
 import torch
-
 from helpers import BIN, TINY
+
 from mobilenet_train.checkpoint import load_checkpoint
 from mobilenet_train.data import EpochSampler
 from mobilenet_train.preemption import EXIT_PREEMPTED

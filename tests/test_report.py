@@ -6,12 +6,12 @@ import csv
 import json
 
 import pytest
-
 from helpers import TINY, run_cli
+
 from mobilenet_train import published
+from mobilenet_train.cli.report import main as report_cli
 from mobilenet_train.complexity import complexity_of
 from mobilenet_train.model import ModelArgs
-from mobilenet_train.cli.report import main as report_cli
 from mobilenet_train.report import OUTPUTS, figure, find_results, write_report
 
 # TINY without its model resolution: the sweep sets it.

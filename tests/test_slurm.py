@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import BIN, REPO, TINY
+
 from mobilenet_train.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slurm

@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-
 from helpers import TINY
+
 from mobilenet_train.checkpoint import load_checkpoint
 
 METRIC_KEYS = {"epoch", "step", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5",

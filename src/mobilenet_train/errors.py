@@ -18,7 +18,7 @@ class TrainingDiverged(UserError):
     exit_code = EXIT_DIVERGED
 
 
-def fail(prog: str, err: Exception) -> "NoReturn":  # noqa: F821
+def fail(prog: str, err: Exception) -> NoReturn:  # noqa: F821
     message = " ".join(str(err).split())  # one line, whatever the message holds
     print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
     sys.exit(getattr(err, "exit_code", EXIT_USAGE))

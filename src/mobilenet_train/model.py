@@ -62,7 +62,7 @@ class ModelArgs:
     bn_eps: float = 1e-5
 
     @classmethod
-    def from_config(cls, model_cfg) -> "ModelArgs":
+    def from_config(cls, model_cfg) -> ModelArgs:
         names = cls.__dataclass_fields__.keys()
         args = cls(**{k: model_cfg[k] for k in names if k in model_cfg})
         args.validate()

@@ -24,7 +24,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from .. import distributed
 from ..errors import UserError
-from .schema import CROSS_CHECKS, GROUPS, TrainConfig, check, find_field, leaf_fields, type_name
+from .schema import CROSS_CHECKS, GROUPS, TrainConfig, check, find_field, leaf_fields, optional, type_name
 
 CONFIG_MODULE = "mobilenet_train.configs"
 # Hydra flags that are not overrides: with any of them we leave the command line to Hydra.
@@ -117,7 +117,7 @@ def check_override_value(name: str, value, f) -> None:
     if isinstance(value, str) and value.startswith("${"):
         return  # an interpolation: checked once resolved
     if value is None:
-        if "Optional" not in str(f.type):
+        if not optional(f):
             raise bad_value(name, value, f, "not optional")
         return
     ok = {"int": isinstance(value, int) and not isinstance(value, bool),

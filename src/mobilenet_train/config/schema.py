@@ -15,7 +15,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import II, MISSING
 
@@ -66,7 +66,7 @@ class ModelConfig:
                     choices=("batchnorm", "none"))
     bn_momentum: float = key(0.1, "BatchNorm momentum, PyTorch convention (TF decay 0.9997 ~ 0.0003)", gt=0, le=1)
     bn_eps: float = key(1e-5, "BatchNorm epsilon (Keras releases: 0.001)", gt=0, lt=1, example=0.001)
-    init: Optional[str] = key(None, "start from this checkpoint's weights (trained or mobilenet-import'ed; see "
+    init: str | None = key(None, "start from this checkpoint's weights (trained or mobilenet-import'ed; see "
                               "+experiment=finetune); its architecture is used", example="imported.pt")
 
 
@@ -94,7 +94,7 @@ class ShapesConfig:
 class DataConfig:
     name: str = key("imagenet", "dataset kind (set by the data= option)",
                     choices=("imagenet", "imagenet_shards", "shapes", "fake"))
-    root: Optional[str] = key(None, "dataset root: ROOT/train/<class>/*.JPEG, ROOT/val/<class>/*.JPEG (shards: "
+    root: str | None = key(None, "dataset root: ROOT/train/<class>/*.JPEG, ROOT/val/<class>/*.JPEG (shards: "
                               "ROOT/index.json); data=shapes generates it when null", example="/datasets/imagenet")
     num_classes: int = key(1000, "classes in the dataset (checked against the class directories)", ge=1,
                            example=1000)
@@ -232,7 +232,7 @@ class EvalOptions:
     """Keys of `mobilenet-eval` itself (everything else is a key of the checkpoint's config)."""
 
     use_ema: bool = key(False, "evaluate the checkpoint's EMA weights")
-    out: Optional[str] = key(None, "where eval.json goes (default: beside the checkpoint)", example="eval.json")
+    out: str | None = key(None, "where eval.json goes (default: beside the checkpoint)", example="eval.json")
     device: str = key("auto", "auto | cpu | cuda | cuda:N", example="cpu")
     amp: str = key("none", "autocast: none | bf16 | fp16 (CUDA)", choices=("none", "bf16", "fp16"))
     progress: str = key("auto", "progress bar: auto | true | false", choices=("auto", "true", "false"))
@@ -250,18 +250,18 @@ class ReportOptions:
     """Keys of `mobilenet-report` (everything else on its command line is a path)."""
 
     out: str = key("report", "directory for report.md, report.csv and the plots", example="report")
-    tb: Optional[str] = key(None, "also write every run's scalars to this TensorBoard dir", example="tb_sweep")
+    tb: str | None = key(None, "also write every run's scalars to this TensorBoard dir", example="tb_sweep")
 
 
 @dataclass
 class ExportOptions:
     """Keys of `mobilenet-export` (besides --format/--quantize; data.* keys are the checkpoint's config)."""
 
-    out: Optional[str] = key(None, "output file (default: the checkpoint's name, beside it)", example="model.onnx")
-    calibration: Optional[str] = key(None, "int8: a folder of calibration images (default: the checkpoint's train "
+    out: str | None = key(None, "output file (default: the checkpoint's name, beside it)", example="model.onnx")
+    calibration: str | None = key(None, "int8: a folder of calibration images (default: the checkpoint's train "
                                      "split)", example="/datasets/imagenet/train")
     num_calibration: int = key(100, "int8: calibration images, spread over the folder", ge=1, example=100)
-    eval: Optional[str] = key(None, "a labelled ImageFolder: top-1 of PyTorch fp32 vs the export",
+    eval: str | None = key(None, "a labelled ImageFolder: top-1 of PyTorch fp32 vs the export",
                               example="/datasets/imagenet/val")
     num_verify: int = key(8, "images the file is checked against PyTorch on", ge=1, example=8)
     max_batch: int = key(8, "ExecuTorch: the largest batch the program takes", ge=1, le=1024, example=8)
@@ -277,9 +277,9 @@ class LatencyOptions:
     threads: str = key("1,all", "thread counts, e.g. 1,all or 1,2", example="1,2")
     backends: str = key("all", "all, or some of pytorch,compile,onnx-fp32,onnx-int8,executorch-fp32,"
                         "executorch-int8,tflite-fp32,tflite-int8", example="pytorch,onnx-int8")
-    out: Optional[str] = key(None, "latency.json to write (default: the run dir, else the current dir)",
+    out: str | None = key(None, "latency.json to write (default: the run dir, else the current dir)",
                              example="latency.json")
-    calibration: Optional[str] = key(None, "int8: a folder of calibration images", example="/datasets/imagenet/val")
+    calibration: str | None = key(None, "int8: a folder of calibration images", example="/datasets/imagenet/val")
     num_calibration: int = key(32, "int8: calibration images", ge=1, example=32)
 
 
@@ -320,8 +320,13 @@ def find_field(cls: type, dotted: str):
 
 
 def type_name(f) -> str:
+    """'int', 'float', 'bool', 'str', 'list[float]' (None allowed or not: see `optional`)."""
     t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-    return t.replace("Optional[", "").rstrip("]") if t.startswith("Optional[") else t
+    return t.removesuffix(" | None")
+
+
+def optional(f) -> bool:
+    return str(f.type).endswith("| None")
 
 
 def allowed(f) -> str:
@@ -339,8 +344,7 @@ def allowed(f) -> str:
     bounds = " and ".join(b for b in (low, high) if b)
     if t.startswith("list") and bounds:
         return f"{words}, each {bounds}"
-    optional = " (or null)" if "Optional" in str(f.type) else ""
-    return f"{words}{' ' + bounds if bounds else ''}{optional}"
+    return f"{words}{' ' + bounds if bounds else ''}{' (or null)' if optional(f) else ''}"
 
 
 def example(f, name: str) -> str:

@@ -17,18 +17,57 @@ modules (`from mobilenet_train.data.pack import pack`).
 """
 
 from .decode import decode_crop, draft_scale, read_encoded, tensor_decode_crop, to_chw_uint8
-from .folders import (LAYOUT_HINT, FakeImages, ImageFiles, check_classes, image_folder, is_image_file, is_shards,
-                      resolve_root, split_dir)
+from .folders import (
+                      LAYOUT_HINT,
+                      FakeImages,
+                      ImageFiles,
+                      check_classes,
+                      image_folder,
+                      is_image_file,
+                      is_shards,
+                      resolve_root,
+                      split_dir,
+)
 from .gpu import GpuDecode
-from .loaders import (DECODE_MODES, DataBundle, ImageLoader, build_data, build_dataset, build_loader, decode_mode,
-                      eval_images, eval_loader, per_process_batch)
+from .loaders import (
+                      DECODE_MODES,
+                      DataBundle,
+                      ImageLoader,
+                      build_data,
+                      build_dataset,
+                      build_loader,
+                      decode_mode,
+                      eval_images,
+                      eval_loader,
+                      per_process_batch,
+)
 from .samplers import EpochSampler, SeededSamples
-from .samples import (DEFAULT_MAX_BAD_SHARE, REPLACEMENT_TRIES, Batch, EncodedSample, Sample, blank_like, collate,
-                      describe_error, load_with_replacement)
+from .samples import (
+                      DEFAULT_MAX_BAD_SHARE,
+                      REPLACEMENT_TRIES,
+                      Batch,
+                      EncodedSample,
+                      Sample,
+                      blank_like,
+                      collate,
+                      describe_error,
+                      load_with_replacement,
+)
 from .shards import ShardFiles, ShardStream, check_split, read_index
-from .transforms import (EVAL_PRESETS, INTERPOLATION, NORMALIZATION, PIL_RESAMPLE, CentralFractionCrop, DevicePreprocess,
-                         FastEvalCrop, FastRandomResizedCrop, eval_resize_size, eval_transform, normalized,
-                         train_transform)
+from .transforms import (
+                      EVAL_PRESETS,
+                      INTERPOLATION,
+                      NORMALIZATION,
+                      PIL_RESAMPLE,
+                      CentralFractionCrop,
+                      DevicePreprocess,
+                      FastEvalCrop,
+                      FastRandomResizedCrop,
+                      eval_resize_size,
+                      eval_transform,
+                      normalized,
+                      train_transform,
+)
 
 __all__ = [
     "decode_crop", "draft_scale", "read_encoded", "tensor_decode_crop", "to_chw_uint8",

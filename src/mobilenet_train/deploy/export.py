@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import load_checkpoint
-from ..errors import UserError
 from ..config.schema import ExportOptions
+from ..errors import UserError
 from . import formats
 from .formats import FORMATS
 from .inputs import checked, data_config, folder_images, labelled_folder, preprocessing, sample_inputs, spread

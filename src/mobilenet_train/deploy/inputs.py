@@ -15,9 +15,18 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from ..data import (DEFAULT_MAX_BAD_SHARE, NORMALIZATION, DevicePreprocess, ImageFiles, build_loader,
-                    eval_resize_size, eval_transform, is_image_file, resolve_root)
 from ..config import apply_overrides, typed_config
+from ..data import (
+    DEFAULT_MAX_BAD_SHARE,
+    NORMALIZATION,
+    DevicePreprocess,
+    ImageFiles,
+    build_loader,
+    eval_resize_size,
+    eval_transform,
+    is_image_file,
+    resolve_root,
+)
 from ..errors import UserError
 
 

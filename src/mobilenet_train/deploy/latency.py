@@ -35,10 +35,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint import atomic_write_json, load_checkpoint, save_checkpoint
-from ..config import compose, resolved
+from ..checkpoint import atomic_write_json, load_checkpoint, model_from_checkpoint, model_payload, save_checkpoint
 from ..complexity import measure_complexity
-from ..checkpoint import model_from_checkpoint, model_payload
+from ..config import compose, resolved
 from ..config.schema import LatencyOptions
 from ..errors import UserError
 from ..model import MobileNetV1, ModelArgs

@@ -6,7 +6,6 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from ..config.schema import ProfileOptions
 from ..errors import UserError
 from . import formats
 
