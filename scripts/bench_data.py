@@ -13,7 +13,8 @@ RandomResizedCrop / RandomHorizontalFlip (eval: Resize / CenterCrop) + ToImage /
 decode, crop before resize, uint8 NHWC). Shards (with --shards or --pack): the same toolkit
 transforms reading `mobilenet-data pack` shards. Runs go B T [S] [S] T B ...; the printed
 ratio is the median of the per-chunk ratios (--chunk images per timed run, the order
-reversed every other chunk), so a changing machine load hits both sides alike. Set OMP_NUM_THREADS=1 and check the load first.
+reversed every other chunk), so a changing machine load hits both sides alike. Set
+OMP_NUM_THREADS=1 and check the load first.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def data_cfg(min_crop_area: float):
 def baseline_transform(train: bool, resolution: int, min_crop_area: float):
     mean, std = NORMALIZATION["inception"]
     if train:
-        geometry = [v2.RandomResizedCrop(resolution, scale=(min_crop_area, 1.0), antialias=True), v2.RandomHorizontalFlip()]
+        geometry = [v2.RandomResizedCrop(resolution, scale=(min_crop_area, 1.0), antialias=True),
+                    v2.RandomHorizontalFlip()]
     else:
         geometry = [v2.Resize(eval_resize_size(resolution, 0.875), antialias=True), v2.CenterCrop(resolution)]
     return v2.Compose([*geometry, v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
@@ -61,7 +63,7 @@ def split_root(root: Path, split: str | None) -> tuple[Path, str]:
 def time_loader(loader) -> tuple[float, int]:
     start = time.perf_counter()
     n = 0
-    for images, targets in loader:
+    for _images, targets in loader:
         n += len(targets)
     return time.perf_counter() - start, n
 
@@ -77,7 +79,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--chunk", type=int, default=100, help="images per timed run: pipelines alternate every chunk")
     parser.add_argument("--min-crop-area", type=float, default=0.25, help="RandomResizedCrop scale (both pipelines)")
     parser.add_argument("--shards", type=Path, default=None, help="shards written by mobilenet-data pack of DIR")
-    parser.add_argument("--pack", action="store_true", help="pack DIR into temporary shards first (--max-side 320 --quality 90)")
+    parser.add_argument("--pack", action="store_true",
+                        help="pack DIR into temporary shards first (--max-side 320 --quality 90)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     ns = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -110,7 +113,8 @@ def main(argv=None) -> dict:
     for train in (True, False):
         for res in ns.resolutions:
             cfg = data_cfg(ns.min_crop_area)
-            base_set = datasets.ImageFolder(str(root / split), transform=baseline_transform(train, res, ns.min_crop_area))
+            base_set = datasets.ImageFolder(str(root / split),
+                                            transform=baseline_transform(train, res, ns.min_crop_area))
             kit_set = image_folder(root, split, train_transform(cfg, res) if train else eval_transform(cfg, res))
             n = min(ns.images or len(base_set), len(base_set))
             chunks = [range(i, min(i + ns.chunk, n)) for i in range(0, n, ns.chunk)]
@@ -118,14 +122,16 @@ def main(argv=None) -> dict:
 
             def loaders(c: int, chunk: range) -> dict:
                 out = {"baseline": DataLoader(Subset(base_set, chunk), batch_size=ns.batch, num_workers=0),
-                       "toolkit": DataLoader(Subset(kit_set, chunk), batch_size=ns.batch, num_workers=0, collate_fn=collate)}
+                       "toolkit": DataLoader(Subset(kit_set, chunk), batch_size=ns.batch, num_workers=0,
+                                             collate_fn=collate)}
                 if shard_info and train:
                     stream = ShardStream(shards_root, split, transform, buffer_size=256)
                     stream.configure(batch_size=1, num_workers=0, seed=0, limit=len(chunk))
                     stream.set_epoch(c)  # another part of the stream for every chunk
                     out["shards"] = DataLoader(stream, batch_size=ns.batch, num_workers=0, collate_fn=collate)
                 elif shard_info:
-                    out["shards"] = DataLoader(Subset(shard_files, range(chunk.start, min(chunk.stop, len(shard_files)))),
+                    out["shards"] = DataLoader(Subset(shard_files,
+                                                      range(chunk.start, min(chunk.stop, len(shard_files)))),
                                                batch_size=ns.batch, num_workers=0, collate_fn=collate)
                 return out
 

@@ -124,7 +124,8 @@ def main() -> None:
             run = runner(fmt, path, threads_list[-1])
             got = np.concatenate([run(x[i : i + 8].numpy()) for i in range(0, len(x), 8)])
             top1[f"{fmt} int8 (ours)"] = float((torch.from_numpy(got.argmax(1)) == labels).float().mean()) * 100
-        print(f"{name}: top-1 on {len(labels)} images: " + ", ".join(f"{k} {v:.1f}" for k, v in top1.items()), flush=True)
+        print(f"{name}: top-1 on {len(labels)} images: " + ", ".join(f"{k} {v:.1f}" for k, v in top1.items()),
+              flush=True)
         # latency, interleaved
         latency = []
         one, one_u8 = x[:1].numpy(), nhwc[:1]
@@ -145,19 +146,22 @@ def main() -> None:
             for k, ts in times.items():
                 med = statistics.median(ts)
                 latency.append({"runtime": k, "threads": threads, "median_ms": 1e3 * med,
-                                "p10_ms": 1e3 * float(np.percentile(ts, 10)), "p90_ms": 1e3 * float(np.percentile(ts, 90)),
+                                "p10_ms": 1e3 * float(np.percentile(ts, 10)),
+                                "p90_ms": 1e3 * float(np.percentile(ts, 90)),
                                 "ratio_to_litert": med / ref})
         report["models"].append({"name": name, "top1": top1, "num_images": len(labels), "latency": latency})
     report["loadavg_after"] = loadavg()
     print(f"\nCPU {report['cpu']}, {report['logical_cpus']} logical CPUs, load {report['loadavg_before']} -> "
           f"{report['loadavg_after']}\n")
-    print("| model | runtime | top-1 (%) | " + " | ".join(f"{t} thr: median ms (p10-p90), × LiteRT" for t in threads_list) + " |")
+    print("| model | runtime | top-1 (%) | "
+          + " | ".join(f"{t} thr: median ms (p10-p90), × LiteRT" for t in threads_list) + " |")
     print("|---|---|---:|" + "---:|" * len(threads_list))
     for m in report["models"]:
         for k, acc in m["top1"].items():
             cells = []
             for t in threads_list:
-                e = next((e for e in m["latency"] if e["runtime"].split(" (")[0] == k.split(" (")[0] and e["threads"] == t), None)
+                e = next((e for e in m["latency"]
+                          if e["runtime"].split(" (")[0] == k.split(" (")[0] and e["threads"] == t), None)
                 cells.append(f"{e['median_ms']:.2f} ({e['p10_ms']:.2f}-{e['p90_ms']:.2f}), {e['ratio_to_litert']:.2f}"
                              if e else "–")
             print(f"| {m['name']} | {k} | {acc:.1f} | " + " | ".join(cells) + " |")

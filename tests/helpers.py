@@ -58,7 +58,8 @@ def assert_one_line_error(proc, *needles, code=2):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
-    assert lines[0].startswith(tuple(f"mobilenet-{c}: error:" for c in ("train", "eval", "import", "export", "bench"))), lines[0]
+    assert lines[0].startswith(tuple(f"mobilenet-{c}: error:"
+                                     for c in ("train", "eval", "import", "export", "bench"))), lines[0]
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
     return lines[0]
@@ -88,7 +89,8 @@ def photo(width=1200, height=900, seed=0) -> Image.Image:
     """A smooth photo-like RGB image (gradients + a few shapes): JPEG-friendly, not flat."""
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     rng = np.random.default_rng(seed)
-    img = np.stack([128 + 100 * np.sin(x / (60 + 20 * c) + rng.uniform(0, 6)) * np.cos(y / (80 + 10 * c)) for c in range(3)], -1)
+    img = np.stack([128 + 100 * np.sin(x / (60 + 20 * c) + rng.uniform(0, 6)) * np.cos(y / (80 + 10 * c))
+                    for c in range(3)], -1)
     img += rng.normal(0, 4, img.shape)
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
 

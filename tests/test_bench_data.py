@@ -14,8 +14,8 @@ def test_bench_data_reports_ratios_for_all_pipelines(tmp_path):
         for i in range(3):
             save_jpeg(d / f"{i}.JPEG", photo(200, 150, seed=c * 3 + i))
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, str(REPO / "scripts" / "bench_data.py"), str(tmp_path / "ds"), "--images", "5", "--batch", "2",
-           "--resolutions", "64", "--repeats", "1", "--pack", "--json", str(out)]
+    cmd = [sys.executable, str(REPO / "scripts" / "bench_data.py"), str(tmp_path / "ds"), "--images", "5",
+           "--batch", "2", "--resolutions", "64", "--repeats", "1", "--pack", "--json", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": ""})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "baseline" in proc.stdout and "toolkit" in proc.stdout and "shards" in proc.stdout

@@ -54,7 +54,8 @@ def test_batch_not_divisible_by_accumulation(cli, tmp_path):
 
 
 def test_resume_with_another_optimizer(cli, tmp_path, trained_run):
-    proc = train(cli, tmp_path, *TINY, "trainer.epochs=3", "optim=sgd", f"trainer.resume={trained_run / 'checkpoints' / 'last.pt'}")
+    proc = train(cli, tmp_path, *TINY, "trainer.epochs=3", "optim=sgd",
+                 f"trainer.resume={trained_run / 'checkpoints' / 'last.pt'}")
     assert_one_line_error(proc, "optim=rmsprop (config: sgd)")
 
 
@@ -105,7 +106,8 @@ def test_eval_foreign_checkpoints(cli, tmp_path):
 
 
 def test_eval_override_that_contradicts_the_checkpoint(cli, tmp_path, trained_run):
-    proc = evaluate(cli, tmp_path, str(trained_run / "checkpoints" / "best.pt"), "model.alpha=0.5", f"out={tmp_path / 'e.json'}")
+    proc = evaluate(cli, tmp_path, str(trained_run / "checkpoints" / "best.pt"), "model.alpha=0.5",
+                    f"out={tmp_path / 'e.json'}")
     assert_one_line_error(proc, "model.alpha=0.25", "model.alpha=0.5")
     assert not (tmp_path / "e.json").exists()
 

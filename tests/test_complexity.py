@@ -29,7 +29,8 @@ def test_counts_match_a_real_module_and_a_hand_formula():
     hand = 0
     size, in_ch = 32, 8
     hand += size * size * 8 * 27
-    for out_base, stride in [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2)] + [(512, 1)] * 5 + [(1024, 2), (1024, 1)]:
+    for out_base, stride in ([(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2)] + [(512, 1)] * 5
+                             + [(1024, 2), (1024, 1)]):
         size = size // stride
         out_ch = int(0.25 * out_base)
         hand += size * size * in_ch * 9 + size * size * in_ch * out_ch

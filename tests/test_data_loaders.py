@@ -36,7 +36,8 @@ def test_odd_files_decode_and_a_bad_image_is_replaced_and_counted(compose, tmp_p
 def test_too_many_bad_images_stop_the_epoch(compose, tmp_path):
     root = odd_dataset(tmp_path / "ds")
     data = build_data(data_config(compose, root), 32)  # default max_bad_share 0.001: 1 of 16 is too many
-    with pytest.raises(UserError, match=r"failed to load, more than data.max_bad_share=0.001 \(last: .*truncated.JPEG") as e:
+    with pytest.raises(UserError,
+                       match=r"failed to load, more than data.max_bad_share=0.001 \(last: .*truncated.JPEG") as e:
         for _ in data.train_loader:
             pass
     assert "\n" not in str(e.value)
@@ -53,8 +54,9 @@ def test_gpu_decode_without_cuda_is_a_user_error(compose, tmp_path):
 def test_train_run_reports_bad_images(cli, tmp_path):
     root = odd_dataset(tmp_path / "ds")
     run = tmp_path / "run"
-    cli("mobilenet-train", *TINY_FOLDER, "data=imagenet", f"data.root={root}", "data.num_classes=3", "data.batch_size=4",
-        "data.max_bad_share=0.1", "trainer.log_every_steps=1", f"hydra.run.dir={run}", cwd=tmp_path)
+    cli("mobilenet-train", *TINY_FOLDER, "data=imagenet", f"data.root={root}", "data.num_classes=3",
+        "data.batch_size=4", "data.max_bad_share=0.1", "trainer.log_every_steps=1", f"hydra.run.dir={run}",
+        cwd=tmp_path)
     import json
 
     metrics = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])

@@ -23,7 +23,8 @@ def test_eval_crop_equals_resize_then_centre_crop_without_draft(tmp_path):
     assert (out.int() - reference.int()).abs().max().item() <= 1
     save_jpeg(tmp_path / "x.jpg", photo(1000, 750))
     with Image.open(tmp_path / "x.jpg") as im:
-        reference = v2.Compose([v2.Resize(146, antialias=True), v2.CenterCrop(128), v2.PILToTensor()])(im.convert("RGB"))
+        reference = v2.Compose([v2.Resize(146, antialias=True), v2.CenterCrop(128),
+                                v2.PILToTensor()])(im.convert("RGB"))
     with Image.open(tmp_path / "x.jpg") as im:
         out = FastEvalCrop(128, "default", 0.875)(im)  # 750 / 146 > 4: decoded at 1/4
         assert im.size == (250, 188)

@@ -146,7 +146,8 @@ def test_bad_eval_folder_is_refused_before_any_conversion(trained_run, tmp_path,
     monkeypatch.setattr(onnx_format, "write", lambda *a: converted.append(a))
     out = tmp_path / "out" / "m.onnx"
     for folder, needle in [(tmp_path / "missing", "is not a directory"), (flat, "not a labelled image folder"),
-                           (other.parent, "differ from the checkpoint's"), (tmp_path / "empty", "not a labelled image folder")]:
+                           (other.parent, "differ from the checkpoint's"),
+                           (tmp_path / "empty", "not a labelled image folder")]:
         with pytest.raises(SystemExit) as exit_info:
             export_main([str(ckpt), "--format", "onnx", "--quantize", "int8", f"out={out}", f"eval={folder}"])
         err = capsys.readouterr().err.strip().splitlines()

@@ -50,8 +50,8 @@ def test_eval_folder_with_an_empty_class_gives_mobilenet_evals_top1(trained_run,
     emptied = sorted(p for p in val.iterdir() if p.is_dir())[0]
     for image in emptied.iterdir():
         image.unlink()
-    cli("mobilenet-eval", str(ckpt), "data.name=imagenet", f"data.root={tmp_path / 'data'}", f"out={tmp_path / 'eval.json'}",
-        "device=cpu", "progress=false", cwd=tmp_path)
+    cli("mobilenet-eval", str(ckpt), "data.name=imagenet", f"data.root={tmp_path / 'data'}",
+        f"out={tmp_path / 'eval.json'}", "device=cpu", "progress=false", cwd=tmp_path)
     want = json.loads((tmp_path / "eval.json").read_text())
     r = export(str(ckpt), "onnx", out=str(tmp_path / "m.onnx"), num_verify=2, eval_dir=str(val))
     assert r.accuracy["num_images"] == want["num_images"]

@@ -34,7 +34,8 @@ def test_latency_bench_writes_json_and_report_reads_it(trained_run, tmp_path):
     # The report: latency columns for the run of that architecture, a latency section and plot.
     table, _ = write_report([str(trained_run), str(out)], tmp_path / "report")
     (row,) = table
-    assert row["latency_threads"] == 1 and row["latency_eager_ms"] > 0 and row["latency_int8_backend"] in ("onnx", "tflite")
+    assert (row["latency_threads"] == 1 and row["latency_eager_ms"] > 0
+            and row["latency_int8_backend"] in ("onnx", "tflite"))
     assert row["latency_fp32_backend"] in ("compile", "onnx", "executorch")
     text = (tmp_path / "report" / "report.md").read_text()
     assert "## Latency" in text and "latency ms eager / fp32 / int8" in text

@@ -67,7 +67,8 @@ def test_keras_import_records_what_the_file_says(keras_ckpt):
     ckpt = load_checkpoint(keras_ckpt)
     args = ckpt["model_args"]
     assert (args["alpha"], args["resolution"], args["num_classes"]) == (0.75, 224, 1000)
-    assert (args["activation"], args["padding"], args["norm"], args["bn_eps"]) == ("relu6", "tf_same", "batchnorm", 1e-3)
+    assert (args["activation"], args["padding"], args["norm"], args["bn_eps"]) == (
+        "relu6", "tf_same", "batchnorm", 1e-3)
     assert ckpt["config"]["model"]["alpha"] == 0.75 and ckpt["config"]["data"]["num_classes"] == 1000
     assert ckpt["config"]["data"]["eval_preset"] == "keras" and ckpt["config"]["data"]["normalization"] == "inception"
     assert ckpt["classes"] == list(ImageNetInfo().label_names())
@@ -397,7 +398,8 @@ def _not_mobilenet_tflite(tmp_path):
         tflite.TensorAddBuffer(b, 0)
         tflite.TensorAddName(b, name_off)
         tensors.append(tflite.TensorEnd(b))
-    inputs, outputs = int_vector(tflite.OperatorStartInputsVector, [0]), int_vector(tflite.OperatorStartOutputsVector, [1])
+    inputs, outputs = (int_vector(tflite.OperatorStartInputsVector, [0]),
+                       int_vector(tflite.OperatorStartOutputsVector, [1]))
     tflite.OperatorStart(b)
     tflite.OperatorAddOpcodeIndex(b, 0)
     tflite.OperatorAddInputs(b, inputs)

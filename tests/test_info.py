@@ -62,14 +62,17 @@ def test_table1_rows_from_the_module():
     info = describe(ModelArgs())
     rows = info["layers"]
     first, dw, pw = rows[0], rows[1], rows[2]
-    assert (first["type"], first["stride"], first["filter_shape"], first["input_size"]) == ("Conv", 2, "3x3x3x32", [224, 224, 3])
-    assert (dw["type"], dw["stride"], dw["filter_shape"], dw["input_size"]) == ("Conv dw", 1, "3x3x32 dw", [112, 112, 32])
+    assert (first["type"], first["stride"], first["filter_shape"], first["input_size"]) == (
+        "Conv", 2, "3x3x3x32", [224, 224, 3])
+    assert (dw["type"], dw["stride"], dw["filter_shape"], dw["input_size"]) == (
+        "Conv dw", 1, "3x3x32 dw", [112, 112, 32])
     assert (pw["type"], pw["filter_shape"], pw["input_size"]) == ("Conv", "1x1x32x64", [112, 112, 32])
     strides = [r["stride"] for r in rows if r["type"] == "Conv dw"]
     assert strides == [1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1]
     pool, fc, softmax = rows[-3:]
     assert (pool["type"], pool["filter_shape"], pool["input_size"]) == ("Avg Pool", "Pool 7x7", [7, 7, 1024])
-    assert (fc["type"], fc["filter_shape"], fc["input_size"], fc["mult_adds"]) == ("FC", "1024x1000", [1, 1, 1024], 1_024_000)
+    assert (fc["type"], fc["filter_shape"], fc["input_size"], fc["mult_adds"]) == (
+        "FC", "1024x1000", [1, 1, 1024], 1_024_000)
     assert (softmax["type"], softmax["input_size"]) == ("Softmax", [1, 1, 1000])
     assert len(rows) == 1 + 2 * 13 + 3
     assert info["mult_adds"] == sum(r["mult_adds"] for r in rows) == 568_740_352
@@ -126,12 +129,12 @@ def test_grid_text_from_python_m(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[lines.index(next(l for l in lines if l.startswith("mult-adds (M)"))) + 1].split() == [
+    assert lines[lines.index(next(line for line in lines if line.startswith("mult-adds (M)"))) + 1].split() == [
         "alpha", "1.0", "568.7", "418.1", "290.7", "186.4"]
-    assert next(l for l in lines if l.startswith("alpha 0.25")).split()[2:] == ["41.0", "30.2", "21.1", "13.6"]
+    assert next(line for line in lines if line.startswith("alpha 0.25")).split()[2:] == ["41.0", "30.2", "21.1", "13.6"]
     assert "the paper truncates 290.7" in proc.stdout
-    params = lines[lines.index(next(l for l in lines if l.startswith("params (M)"))) + 1:][:4]
-    assert [l.split()[2] for l in params] == ["4.23", "2.59", "1.33", "0.47"]
+    params = lines[lines.index(next(line for line in lines if line.startswith("params (M)"))) + 1:][:4]
+    assert [line.split()[2] for line in params] == ["4.23", "2.59", "1.33", "0.47"]
 
 
 def test_other_models_are_described_without_paper_comparison():
@@ -143,7 +146,8 @@ def test_other_models_are_described_without_paper_comparison():
 @pytest.mark.parametrize("args,needle", [
     (["model.alpha=0"], "model.alpha=0 is not allowed (out of range): model.alpha takes a number > 0"),
     (["model.alpha=-0.5", "--grid"], "model.alpha=-0.5"),
-    (["model.resolution=16"], "model.resolution=16 is not allowed (out of range): model.resolution takes an integer >= 32"),
+    (["model.resolution=16"],
+     "model.resolution=16 is not allowed (out of range): model.resolution takes an integer >= 32"),
     (["model.alpah=1"], "model.alpah"),
     (["alpha"], "'alpha' is not a key=value override"),
 ])

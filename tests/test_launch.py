@@ -92,7 +92,8 @@ def test_sbatch_script_parses_and_renders_its_srun_line(tmp_path):
     text = SBATCH.read_text()
     for directive in ("#SBATCH --signal=B:USR1@120", "#SBATCH --requeue", "#SBATCH --open-mode=append"):
         assert directive in text
-    env = {**os.environ, "MOBILENET_DRY_RUN": "1", "SLURM_CPUS_PER_TASK": "10", "MOBILENET_TRAIN": "/opt/venv/bin/mobilenet-train"}
+    env = {**os.environ, "MOBILENET_DRY_RUN": "1", "SLURM_CPUS_PER_TASK": "10",
+           "MOBILENET_TRAIN": "/opt/venv/bin/mobilenet-train"}
     out = subprocess.run(["bash", str(SBATCH), "+experiment=alpha_0.75", "data.root=/data/image net"], env=env,
                          capture_output=True, text=True, check=True).stdout.strip()
     assert out == ("srun --kill-on-bad-exit=1 --cpus-per-task=10 --export=ALL /opt/venv/bin/mobilenet-train "

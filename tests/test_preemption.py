@@ -24,7 +24,8 @@ EXACT = [*TINY, "trainer.epochs=2", "trainer.deterministic=true", "data.batch_si
 def _train(run_dir, *extra, stop_at_step=None, timeout=300):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [str(BIN / "mobilenet-train"), *EXACT, *extra, f"hydra.run.dir={run_dir}"]
-    proc = subprocess.Popen(cmd, cwd=run_dir.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, cwd=run_dir.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
     out, deadline = [], time.monotonic() + timeout
     for line in proc.stdout:
         out.append(line)

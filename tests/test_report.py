@@ -90,7 +90,8 @@ def test_figures_hold_one_point_per_run_plus_the_published_points(sweep, x):
     ax = figure(results, x).axes[0]
 
     def points(gid):
-        return sorted(xy for line in ax.get_lines() if line.get_gid() == gid for xy in zip(line.get_xdata(), line.get_ydata()))
+        return sorted(xy for line in ax.get_lines() if line.get_gid() == gid
+                      for xy in zip(line.get_xdata(), line.get_ydata()))
 
     assert points("run") == sorted((getattr(r, x) / 1e6, r.top1) for r in results)
     for source, count in (("paper", 10), ("tf_slim", 16)):
@@ -152,7 +153,8 @@ def test_published_numbers_in_progress_runs_and_skipped_input(runs):
 
     a1 = rows["a1_224"]  # best epoch, beside the paper (Tables 4, 6, 7) and TF-slim's 1.0_224
     assert (a1["epoch"], float(a1["top1"]), a1["in_progress"]) == ("2", 69.0, "False")
-    assert (float(a1["paper_top1"]), a1["paper_tables"], float(a1["paper_top1_diff"])) == (70.6, "4, 6, 7", pytest.approx(-1.6))
+    assert (float(a1["paper_top1"]), a1["paper_tables"], float(a1["paper_top1_diff"])) == (
+        70.6, "4, 6, 7", pytest.approx(-1.6))
     assert (float(a1["tfslim_top1"]), float(a1["tfslim_top5"])) == (70.9, 89.9)
     assert float(a1["tfslim_top1_diff"]) == pytest.approx(-1.9) and float(a1["tfslim_top5_diff"]) == pytest.approx(-0.9)
     conv = rows["conv"]
@@ -162,7 +164,8 @@ def test_published_numbers_in_progress_runs_and_skipped_input(runs):
     assert (float(growing["tfslim_top1"]), float(growing["tfslim_top5"]), growing["paper_top1"]) == (41.5, 66.3, "")
     assert float(rows["corrupt"]["top1"]) == 66.0  # its good lines still count
     ev = rows["evals/eval.json"]
-    assert (ev["source"], float(ev["paper_top1"]), ev["paper_tables"], float(ev["tfslim_top1"])) == ("eval", 60.2, "9", 59.1)
+    assert (ev["source"], float(ev["paper_top1"]), ev["paper_tables"], float(ev["tfslim_top1"])) == (
+        "eval", 60.2, "9", 59.1)
     assert rows["on_shapes"]["paper_top1"] == "" and rows["on_shapes"]["tfslim_top1"] == ""
     # Pareto frontiers are per dataset: 95% on shapes does not beat the ImageNet runs.
     assert all(r["pareto_mult_adds"] == "True" for r in rows.values())

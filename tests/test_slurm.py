@@ -56,11 +56,13 @@ def sbatch(env, workdir: Path, *overrides: str) -> str:
     cmd = ["sbatch", "--parsable", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1", "--time=15",
            f"--output={workdir}/slurm-%j.out", f"--chdir={workdir}",
            f"--export=ALL,MOBILENET_TRAIN={BIN / 'mobilenet-train'}", str(SBATCH), *JOB, *overrides]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, timeout=60).stdout.strip().split(";")[0]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, check=True,
+                          timeout=60).stdout.strip().split(";")[0]
 
 
 def job_state(env, job_id: str) -> str:
-    out = subprocess.run(["scontrol", "show", "job", job_id], env=env, capture_output=True, text=True, timeout=30).stdout
+    out = subprocess.run(["scontrol", "show", "job", job_id], env=env, capture_output=True, text=True,
+                         timeout=30).stdout
     m = re.search(r"JobState=(\w+)", out)
     return m.group(1) if m else "UNKNOWN"
 
@@ -122,7 +124,8 @@ def test_sbatch_two_tasks_preempted_with_usr1_requeues_and_matches_an_uninterrup
     assert a["world_size"] == b["world_size"] == 2 and a["step"] == b["step"] == 60
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
-    metrics = [[json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()] for d in (straight / "run", run_b)]
+    metrics = [[json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+               for d in (straight / "run", run_b)]
     for key in ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5"):
         assert [m[key] for m in metrics[0]] == [m[key] for m in metrics[1]], key
 

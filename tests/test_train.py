@@ -39,7 +39,8 @@ def test_training_writes_all_artifacts(trained_run):
         assert key in last, key
     assert last["model_args"]["alpha"] == 0.25 and last["config"]["data"]["name"] == "shapes"
     assert last["complexity"]["params"] == sum(v.numel() for k, v in last["model"].items()
-                                               if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+                                               if not k.endswith(("running_mean", "running_var",
+                                                                  "num_batches_tracked")))
     assert len(last["optimizer"]["state"]) > 0
     assert not list((trained_run / "checkpoints").glob(".*tmp*"))  # atomic writes leave no temp files
 
@@ -121,8 +122,8 @@ def test_resume_continues_at_the_right_epoch_with_optimizer_state(cli, tmp_path)
 
 def test_resume_from_explicit_path(trained_run, cli, tmp_path):
     run = tmp_path / "finetune"
-    proc = cli("mobilenet-train", *TINY, "trainer.epochs=3", f"trainer.resume={trained_run / 'checkpoints' / 'last.pt'}",
-               f"hydra.run.dir={run}", cwd=tmp_path)
+    proc = cli("mobilenet-train", *TINY, "trainer.epochs=3",
+               f"trainer.resume={trained_run / 'checkpoints' / 'last.pt'}", f"hydra.run.dir={run}", cwd=tmp_path)
     assert "resumed from" in proc.stdout + proc.stderr
     assert [m["epoch"] for m in _metrics(run)] == [3]
 

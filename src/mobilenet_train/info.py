@@ -60,7 +60,7 @@ def table1(model: MobileNetV1, resolution: int) -> list[dict]:
     flops = counter.get_flop_counts()  # per module path, children included in parents
 
     rows = []
-    for name, m, in_shape, out_shape in seen:
+    for name, m, in_shape, _out_shape in seen:
         if isinstance(m, nn.Conv2d):
             row = _conv_row(m, in_shape)
         elif isinstance(m, nn.Linear):
@@ -92,7 +92,8 @@ def breakdown(layers: list[dict]) -> dict:
     out = {}
     for name in sorted(by_type, key=lambda t: order.get(t, len(order))):
         e = by_type[name]
-        out[name] = {**e, "mult_adds_share": 100 * e["mult_adds"] / total_ma, "params_share": 100 * e["params"] / total_p}
+        out[name] = {**e, "mult_adds_share": 100 * e["mult_adds"] / total_ma,
+                     "params_share": 100 * e["params"] / total_p}
     return out
 
 
@@ -240,10 +241,12 @@ def _paper_lines(entries: list[dict]) -> list[str]:
     lines = []
     for e in entries:
         unit = "mult-adds" if e["quantity"] == "mult_adds" else "params (weights only)"
-        verdict = {"rounds": "matches", "truncates": "matches", "without_layer": "differs", None: "DIFFERS"}[e["agreement"]]
+        verdict = {"rounds": "matches", "truncates": "matches", "without_layer": "differs",
+                   None: "DIFFERS"}[e["agreement"]]
         d = published.decimals(e["printed_m"]) + 1
         tables = "Tables" if "," in e["table"] else "Table"
-        lines.append(f"  {tables} {e['table']} {e['model']}: {e['printed_m']}M {unit}; measured {e['measured_m']:.{d}f}M: "
+        lines.append(f"  {tables} {e['table']} {e['model']}: {e['printed_m']}M {unit}; "
+                     f"measured {e['measured_m']:.{d}f}M: "
                      f"{verdict}{': ' + e['note'] if e['note'] else ''}")
     return lines
 

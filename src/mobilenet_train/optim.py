@@ -78,7 +78,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, sched_cfg, epochs: int, st
     """timm scheduler in optimizer steps (t_in_epochs=False); call `.step_update(step)`."""
     warmup = round(float(sched_cfg.warmup_epochs) * steps_per_epoch)
     total = epochs * steps_per_epoch
-    common = dict(warmup_t=warmup, warmup_lr_init=float(sched_cfg.warmup_lr_init), warmup_prefix=True, t_in_epochs=False)
+    common = dict(warmup_t=warmup, warmup_lr_init=float(sched_cfg.warmup_lr_init), warmup_prefix=True,
+                  t_in_epochs=False)
     if sched_cfg.name == "exponential":
         decay_t = max(1, round(float(sched_cfg.decay_epochs) * steps_per_epoch))
         return StepLRScheduler(optimizer, decay_t=decay_t, decay_rate=float(sched_cfg.decay_rate), **common)

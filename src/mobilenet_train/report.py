@@ -469,8 +469,8 @@ def latency_section(latency: dict[tuple, Latency]) -> list[str]:
         ratio = _f(lat.int8_ms / lat.eager_ms) if lat.int8_ms and lat.eager_ms else "–"
         fp32 = f"{_f(lat.fp32_ms)} ({lat.fp32_backend})" if lat.fp32_ms else "–"
         int8 = f"{_f(lat.int8_ms)} ({lat.int8_backend})" if lat.int8_ms else "–"
-        lines.append(f"| {VARIANT_NAMES.get(lat.variant, lat.variant)} | {lat.alpha} | {lat.resolution} | {lat.threads} | "
-                     f"{_f(lat.eager_ms)} | {fp32} | {int8} | {ratio} | {lat.cpu} | {lat.path} |")
+        lines.append(f"| {VARIANT_NAMES.get(lat.variant, lat.variant)} | {lat.alpha} | {lat.resolution} | "
+                     f"{lat.threads} | {_f(lat.eager_ms)} | {fp32} | {int8} | {ratio} | {lat.cpu} | {lat.path} |")
     return [*lines, "", f"![top-1 against latency]({LATENCY_OUTPUT})", ""]
 
 
@@ -552,7 +552,8 @@ def figure(results: list[Result], x: str):
     groups: dict[tuple, list[Result]] = {}
     for r in results:
         groups.setdefault((r.dataset or "?", r.variant, r.alpha), []).append(r)
-    for (_, variant, alpha), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != "separable", -kv[0][2])):
+    for (_, variant, alpha), rs in sorted(groups.items(),
+                                          key=lambda kv: (kv[0][0], kv[0][1] != "separable", -kv[0][2])):
         rs.sort(key=lambda r: getattr(r, x))
         xs = [getattr(r, x) / 1e6 for r in rs]
         ax.plot(xs, [r.top1 for r in rs], color=colors[alpha], linewidth=2)
@@ -583,7 +584,8 @@ def figure(results: list[Result], x: str):
     entries.append((Line2D([], [], color="black", linestyle="--", marker="o", markersize=12, markerfacecolor="none"),
                     "Pareto frontier of your runs" + (" (per dataset)" if len(fronts) > 1 else "")))
     for source, (marker, label) in PUBLISHED_STYLE.items():
-        entries.append((Line2D([], [], color="0.3", marker=marker, markerfacecolor="none" if source == "paper" else "0.3",
+        entries.append((Line2D([], [], color="0.3", marker=marker,
+                               markerfacecolor="none" if source == "paper" else "0.3",
                                linestyle=":" if source == "tf_slim" else "none"), f"{label}, ImageNet"))
     ax.legend(*zip(*entries), loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
     datasets = ", ".join(sorted({r.dataset or "?" for r in results}))
@@ -662,7 +664,8 @@ def write_tensorboard(results: list[Result], tb_dir: Path) -> None:
                     step = int(m.get("step") or m.get("epoch") or 0)
                     for key, value in m.items():
                         if _number(value) and (key.startswith(("val_", "train_")) or key in ("images_per_sec", "lr")):
-                            group, _, metric = key.partition("_") if key.startswith(("val_", "train_")) else ("epoch", "", key)
+                            group, _, metric = (key.partition("_") if key.startswith(("val_", "train_"))
+                                                else ("epoch", "", key))
                             w.add_scalar(f"{group}/{metric}", value, step)
                 w.add_hparams({"alpha": r.alpha, "resolution": r.resolution, "variant": r.variant,
                                "mult_adds": r.mult_adds, "params": r.params, "dataset": r.dataset or "?",

@@ -54,7 +54,8 @@ def latency(items: list[str], grid: bool) -> None:
     opts, ckpts, overrides = latency_options(items)
     report, out = run_latency(ckpts, overrides, grid, opts)
     m = report["machine"]
-    print(f"cpu         {m['cpu']}, {m['logical_cpus']} logical CPUs, load {m['loadavg_before']} -> {m['loadavg_after']}")
+    print(f"cpu         {m['cpu']}, {m['logical_cpus']} logical CPUs, load {m['loadavg_before']} -> "
+          f"{m['loadavg_after']}")
     print("\n".join(latency_table(report)))
     print(f"written     {out}")
 
@@ -68,13 +69,15 @@ def main(argv: list[str] | None = None) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples: mobilenet-bench latency outputs/run/checkpoints/best.pt; "
                "mobilenet-bench latency model.alpha=0.5 model.resolution=160; mobilenet-bench latency --grid runs=20\n"
-               "latency " + options_help("mobilenet-bench latency") + "\nprofile " + options_help("mobilenet-bench profile"),
+               "latency " + options_help("mobilenet-bench latency")
+               + "\nprofile " + options_help("mobilenet-bench profile"),
     )
     parser.add_argument("command", choices=["latency", "profile"],
                         help="latency: time the backends; profile MODEL.onnx [threads=N runs=N batch=N]: "
                              "ONNX Runtime's per-operator profile of an exported file")
     parser.add_argument("items", nargs="*", metavar="CKPT|key=value")
-    parser.add_argument("--grid", action="store_true", help=f"every alpha {GRID_ALPHAS} x resolution {GRID_RESOLUTIONS}")
+    parser.add_argument("--grid", action="store_true",
+                        help=f"every alpha {GRID_ALPHAS} x resolution {GRID_RESOLUTIONS}")
     ns = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     log.setLevel(logging.INFO)

@@ -26,13 +26,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("dest", type=Path)
     p.add_argument("--train-tar", type=Path)
     p.add_argument("--val-tar", type=Path)
-    p.add_argument("--val-labels", type=Path, help="'ILSVRC2012_val_%%08d.JPEG <index>' lines (index in sorted-wnid order)")
+    p.add_argument("--val-labels", type=Path,
+                   help="'ILSVRC2012_val_%%08d.JPEG <index>' lines (index in sorted-wnid order)")
     p.add_argument("--devkit", type=Path, help=f"{DEVKIT} (its meta.mat is read with scipy, or give --id-wnids)")
     p.add_argument("--id-wnids", type=Path, help="the wnids in ILSVRC2012_ID order, one a line (devkit without scipy)")
     p.add_argument("--wnids", type=Path, help="the wnids in sorted order, one a line (val only, without the train tar)")
     p.add_argument("--expect-train", type=int, default=OFFICIAL["train"], help="0: do not check (default: %(default)s)")
     p.add_argument("--expect-val", type=int, default=OFFICIAL["val"], help="0: do not check (default: %(default)s)")
-    p.add_argument("--expect-classes", type=int, default=OFFICIAL["classes"], help="0: do not check (default: %(default)s)")
+    p.add_argument("--expect-classes", type=int, default=OFFICIAL["classes"],
+                   help="0: do not check (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true")
     k = sub.add_parser("pack", help="DEST (train/, val/) -> WebDataset tar shards + index.json (resumable)")
     k.add_argument("dest", type=Path, help="an ImageFolder tree with train/ and/or val/ (the DEST of prepare)")

@@ -21,7 +21,8 @@ def parse_options(items: list[str]) -> tuple[ExportOptions, list[str]]:
     opts, rest = config.parse_options(ExportOptions, items, others=True)
     bad = [i for i in rest if not i.startswith("data")]
     if bad:
-        raise UserError(f"'{bad[0]}' is not an option of {PROG}: use {', '.join(f'{k}=' for k, _ in leaf_fields(ExportOptions))} "
+        raise UserError(f"'{bad[0]}' is not an option of {PROG}: use "
+                        f"{', '.join(f'{k}=' for k, _ in leaf_fields(ExportOptions))} "
                         f"or data.*= (a key of the checkpoint's data config)")
     return opts, rest
 
@@ -36,7 +37,8 @@ def report(r: ExportResult) -> None:
           f"min cosine {v['min_cosine']:.4f}, top-1 agreement {100 * v['top1_agreement']:.0f}%")
     if r.accuracy:
         a = r.accuracy
-        print(f"accuracy    {a['num_images']} images of {a['eval_dir']}: PyTorch fp32 top-1 {a['pytorch_fp32_top1']:.2f}%, "
+        print(f"accuracy    {a['num_images']} images of {a['eval_dir']}: "
+              f"PyTorch fp32 top-1 {a['pytorch_fp32_top1']:.2f}%, "
               f"exported {a['exported_top1']:.2f}% ({a['top1_change']:+.2f} points)")
 
 
@@ -44,7 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Export a mobilenet-train checkpoint to ONNX, ExecuTorch (XNNPACK) or TF-Lite, fp32 or int8, "
-                    "BN folded, preprocessing in the file's metadata; the file is checked against PyTorch in its runtime.",
+                    "BN folded, preprocessing in the file's metadata; "
+                    "the file is checked against PyTorch in its runtime.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="example: mobilenet-export checkpoints/best.pt --format onnx --quantize int8 "
                "calibration=/data/imagenet/train eval=/data/imagenet/val\ndata.*=VALUE: the checkpoint's data config "

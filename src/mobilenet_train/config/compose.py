@@ -285,7 +285,8 @@ def typed_config(stored: dict) -> DictConfig:
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), stored)
     except OmegaConfBaseException as e:
-        raise UserError(f"the checkpoint's config does not fit this mobilenet-train's schema: {first_line(e)}") from None
+        raise UserError("the checkpoint's config does not fit this mobilenet-train's schema: "
+                        f"{first_line(e)}") from None
     OmegaConf.set_struct(cfg, True)
     return cfg
 

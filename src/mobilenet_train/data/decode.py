@@ -24,7 +24,8 @@ def draft_scale(img: Image.Image, box: Box, size: tuple[int, int]) -> int:
     """The JPEG downscale (1, 2, 4 or 8) `Image.draft` picks so that `box` still covers `size`."""
     left, top, right, bottom = box
     width, height = img.size
-    request = (math.ceil(width * size[0] / max(right - left, 1e-6)), math.ceil(height * size[1] / max(bottom - top, 1e-6)))
+    request = (math.ceil(width * size[0] / max(right - left, 1e-6)),
+               math.ceil(height * size[1] / max(bottom - top, 1e-6)))
     ratio = min(width // max(request[0], 1), height // max(request[1], 1))
     return next((s for s in (8, 4, 2) if ratio >= s), 1)
 
@@ -39,7 +40,8 @@ def decode_crop(img: Image.Image, box: Box, size: tuple[int, int], resample, dra
     left, top, right, bottom = box
     if draft and img.format == "JPEG" and not getattr(img, "decoderconfig", ()) and img.mode in ("RGB", "L", "CMYK"):
         width, height = img.size
-        request = (math.ceil(width * size[0] / max(right - left, 1e-6)), math.ceil(height * size[1] / max(bottom - top, 1e-6)))
+        request = (math.ceil(width * size[0] / max(right - left, 1e-6)),
+                   math.ceil(height * size[1] / max(bottom - top, 1e-6)))
         drafted = img.draft(img.mode, request)
         if drafted is not None:
             scale = width / drafted[1][2]  # 1, 2, 4 or 8: original pixels per decoded pixel

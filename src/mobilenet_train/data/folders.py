@@ -18,7 +18,8 @@ from . import shapes
 from .decode import read_encoded
 from .samples import Sample, load_with_replacement
 
-LAYOUT_HINT = "expected ImageFolder layout ROOT/train/<class>/<image> and ROOT/val/<class>/<image>, e.g. ROOT/train/n01440764/x.JPEG"
+LAYOUT_HINT = ("expected ImageFolder layout ROOT/train/<class>/<image> and ROOT/val/<class>/<image>, "
+               "e.g. ROOT/train/n01440764/x.JPEG")
 
 
 class FakeImages(Dataset):
@@ -84,7 +85,8 @@ def resolve_root(data_cfg) -> Path:
         return shapes.generate(root, gen.seed, gen.image_size, gen.train_per_class, gen.val_per_class)
     if not data_cfg.root:
         what = "SHARDS (written by mobilenet-data pack)" if is_shards(data_cfg) else f"/path/to/{data_cfg.name}"
-        raise UserError(f"data.root is not set: pass data.root={what} ({LAYOUT_HINT if not is_shards(data_cfg) else 'a directory with index.json'})")
+        raise UserError(f"data.root is not set: pass data.root={what} "
+                        f"({LAYOUT_HINT if not is_shards(data_cfg) else 'a directory with index.json'})")
     root = Path(str(data_cfg.root)).expanduser()
     if not root.is_dir():
         raise UserError(f"data.root={root} does not exist or is not a directory ({LAYOUT_HINT})")

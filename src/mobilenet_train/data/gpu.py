@@ -53,7 +53,7 @@ class GpuDecode:
         for i, img in enumerate(images):
             img = img if img is not None else good[i % len(good)]
             left, top, right, bottom = self.transform.box(img)
-            crop = v2.functional.resized_crop(img, int(top), int(left), max(int(bottom - top), 1), max(int(right - left), 1),
-                                              self.size, antialias=True)
+            crop = v2.functional.resized_crop(img, int(top), int(left), max(int(bottom - top), 1),
+                                              max(int(right - left), 1), self.size, antialias=True)
             out[i] = crop.flip(-1) if flip > 0 and torch.rand(1).item() < flip else crop
         return out.contiguous(memory_format=torch.channels_last), bad

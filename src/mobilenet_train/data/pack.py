@@ -55,7 +55,8 @@ def reencode(path: str, max_side: int, quality: int) -> bytes:
         scale = min(1.0, max_side / short)
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         if img.format == "JPEG":
-            img.draft(img.mode if img.mode in ("RGB", "L", "CMYK") else None, size)  # DCT-domain pre-shrink, still >= size
+            # DCT-domain pre-shrink, still >= size
+            img.draft(img.mode if img.mode in ("RGB", "L", "CMYK") else None, size)
         img = img.convert("RGB")
         if img.size != size:
             img = img.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
@@ -170,7 +171,8 @@ def pack(src: Path, dest: Path, max_side: int = 320, quality: int = 90, splits=N
                     _write_json(dest / SKIPPED, skipped)  # before the shard appears: a kept shard has its entry
                     write_shard(dest / name, records)
                 index["skipped"] += skipped.get(name, [])
-                shards.append({"name": name, "count": count_records(dest / name), "bytes": (dest / name).stat().st_size})
+                shards.append({"name": name, "count": count_records(dest / name),
+                               "bytes": (dest / name).stat().st_size})
             bar.close()
             index["splits"][split] = {"count": sum(s["count"] for s in shards), "shards": shards}
     _write_json(dest / INDEX, index)

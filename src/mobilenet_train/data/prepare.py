@@ -111,7 +111,8 @@ def read_devkit_labels(devkit: Path, id_wnids: Path | None) -> dict[str, str]:
             try:
                 from scipy.io import loadmat
             except ImportError:
-                raise UserError("reading the devkit's meta.mat needs scipy (pip install scipy); or pass --id-wnids FILE "
+                raise UserError("reading the devkit's meta.mat needs scipy (pip install scipy); "
+                                "or pass --id-wnids FILE "
                                 "(the wnids in ILSVRC2012_ID order) or --val-labels LIST") from None
             import io
 
@@ -196,12 +197,13 @@ def prepare(src: Path, dest: Path, train_tar: Path | None = None, val_tar: Path 
                         f"archives (or --train-tar / --val-tar)")
     labels = None
     if val_tar is not None and val_labels is None and devkit is None:
-        raise UserError(f"no validation labels: put {VAL_LABELS} ('ILSVRC2012_val_%08d.JPEG <index>' lines) or {DEVKIT} "
-                        f"in {src}, or pass --val-labels / --devkit")
+        raise UserError(f"no validation labels: put {VAL_LABELS} ('ILSVRC2012_val_%08d.JPEG <index>' lines) "
+                        f"or {DEVKIT} in {src}, or pass --val-labels / --devkit")
     dest.mkdir(parents=True, exist_ok=True)
     wnids: list[str] = []
     if train_tar is not None:
-        bar = tqdm(total=expect.get("train") or None, desc="train", unit="img", disable=not progress, dynamic_ncols=True)
+        bar = tqdm(total=expect.get("train") or None, desc="train", unit="img", disable=not progress,
+                   dynamic_ncols=True)
         wnids = sorted(prepare_train(train_tar, dest, bar))
         bar.close()
     if wnids_file is not None:

@@ -44,7 +44,8 @@ class EpochSampler(Sampler[int]):
         return iter([(self.epoch, i) for i in indices] if self.keyed else indices)
 
     def __len__(self) -> int:
-        share = math.ceil(self.size / self.world_size) if self.pad else len(range(self.rank, self.size, self.world_size))
+        share = (math.ceil(self.size / self.world_size) if self.pad
+                 else len(range(self.rank, self.size, self.world_size)))
         return max(share - self.start, 0)
 
 

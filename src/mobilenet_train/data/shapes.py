@@ -40,7 +40,8 @@ def default_root(seed: int, image_size: int, train_per_class: int, val_per_class
 
 
 def _regular_polygon(n: int, radius: float, phase: float = 0.0) -> list[tuple[float, float]]:
-    return [(radius * math.cos(phase + 2 * math.pi * k / n), radius * math.sin(phase + 2 * math.pi * k / n)) for k in range(n)]
+    return [(radius * math.cos(phase + 2 * math.pi * k / n), radius * math.sin(phase + 2 * math.pi * k / n))
+            for k in range(n)]
 
 
 def _outline(name: str, r: float) -> list[tuple[float, float]] | None:
@@ -59,9 +60,11 @@ def _outline(name: str, r: float) -> list[tuple[float, float]] | None:
         ]
     if name == "cross":
         a, b = 0.32 * r, r
-        return [(-a, -b), (a, -b), (a, -a), (b, -a), (b, a), (a, a), (a, b), (-a, b), (-a, a), (-b, a), (-b, -a), (-a, -a)]
+        return [(-a, -b), (a, -b), (a, -a), (b, -a), (b, a), (a, a),
+                (a, b), (-a, b), (-a, a), (-b, a), (-b, -a), (-a, -a)]
     if name == "arrow":
-        return [(-r, -0.25 * r), (0.1 * r, -0.25 * r), (0.1 * r, -0.7 * r), (r, 0), (0.1 * r, 0.7 * r), (0.1 * r, 0.25 * r), (-r, 0.25 * r)]
+        return [(-r, -0.25 * r), (0.1 * r, -0.25 * r), (0.1 * r, -0.7 * r), (r, 0),
+                (0.1 * r, 0.7 * r), (0.1 * r, 0.25 * r), (-r, 0.25 * r)]
     if name == "heart":
         pts = []
         for k in range(48):

@@ -13,9 +13,10 @@ below needs control over exactly which records a worker reads):
   that). Each worker yields a fixed number of whole batches, so every rank gets the same
   number (DDP needs that) and `len` is exact; a worker whose shards hold fewer images than its
   share starts over on them, one with more stops early, so an epoch sees each image about once
-  (packing writes equal shards, so the difference is at most about one shard per worker); `set_epoch(e, start)` skips the first `start`
-  samples of this rank's share as the folder sampler does (without decoding them). Resume a
-  run mid-epoch with the same data.num_workers and world size.
+  (packing writes equal shards, so the difference is at most about one shard per worker);
+  `set_epoch(e, start)` skips the first `start` samples of this rank's share as the folder
+  sampler does (without decoding them). Resume a run mid-epoch with the same data.num_workers
+  and world size.
 - `ShardFiles` (evaluation): random access by member offset, so every image is scored exactly
   once with the usual sampler.
 """
@@ -59,7 +60,8 @@ def read_index(root: Path) -> dict:
 def check_split(root: Path, split: str) -> dict:
     index = read_index(root)
     if split not in index["splits"]:
-        raise UserError(f"the shards in {root} hold no '{split}' split (they hold: {', '.join(index['splits']) or 'none'}); "
+        raise UserError(f"the shards in {root} hold no '{split}' split "
+                        f"(they hold: {', '.join(index['splits']) or 'none'}); "
                         f"pack a DEST with {split}/ in it")
     info = index["splits"][split]
     missing = [s["name"] for s in info["shards"] if not (Path(root) / s["name"]).is_file()]

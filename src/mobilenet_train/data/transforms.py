@@ -127,7 +127,8 @@ class FastEvalCrop:
 
 
 def train_transform(data_cfg, resolution: int) -> FastRandomResizedCrop:
-    return FastRandomResizedCrop(resolution, scale=(float(data_cfg.min_crop_area), 1.0), ratio=tuple(data_cfg.crop_ratio),
+    return FastRandomResizedCrop(resolution, scale=(float(data_cfg.min_crop_area), 1.0),
+                                 ratio=tuple(data_cfg.crop_ratio),
                                  hflip=float(data_cfg.hflip), interpolation=_interpolation_name(data_cfg),
                                  draft=bool(data_cfg.get("jpeg_draft", True)))
 

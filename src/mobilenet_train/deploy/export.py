@@ -80,9 +80,10 @@ def export_with(ckpt_path: str, fmt: str, quantize: str | None, opts: ExportOpti
                   max_batch=opts.max_batch, data=data)
 
 
-def export(ckpt_path: str, fmt: str, quantize: str | None = None, out: str | None = None, calibration: str | None = None,
-           num_calibration: int = 100, eval_dir: str | None = None, num_verify: int = 8, max_batch: int = 8,
-           min_cosine: float = INT8_MIN_COSINE, data=None) -> ExportResult:
+def export(ckpt_path: str, fmt: str, quantize: str | None = None, out: str | None = None,
+           calibration: str | None = None, num_calibration: int = 100, eval_dir: str | None = None,
+           num_verify: int = 8, max_batch: int = 8, min_cosine: float = INT8_MIN_COSINE,
+           data=None) -> ExportResult:
     """Write, check and report one export. `data`: the data config every image goes through (the
     checkpoint's config.data with overrides applied, see inputs.data_config); None: the checkpoint's own."""
     check_request(fmt, quantize, num_calibration=num_calibration, num_verify=num_verify, max_batch=max_batch)
@@ -101,7 +102,8 @@ def export(ckpt_path: str, fmt: str, quantize: str | None = None, out: str | Non
     if quantize:
         calib, calib_from = sample_inputs(ckpt, num_calibration, calibration, split="train", data=data)
         log.info("calibrating on %s", calib_from)
-        if inputs_from.startswith(f"{num_verify} generated") and not calib_from.startswith(f"{num_calibration} generated"):
+        if (inputs_from.startswith(f"{num_verify} generated")
+                and not calib_from.startswith(f"{num_calibration} generated")):
             inputs, inputs_from = _calibration_subset(calib, num_verify)
     module = formats.load(fmt)
     meta = {**preprocessing(ckpt, data), "precision": quantize or "fp32", "format": fmt,

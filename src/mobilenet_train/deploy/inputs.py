@@ -59,7 +59,8 @@ def preprocessing(ckpt: dict, data=None) -> dict:
     steps = {
         "default": f"resize the shorter side to {eval_resize_size(resolution, fraction)} ({interpolation}, "
                    f"antialiased), centre crop {resolution}x{resolution}",
-        "tf": f"keep the central {fraction:g} of each side, resize to {resolution}x{resolution} (bilinear, antialiased)",
+        "tf": f"keep the central {fraction:g} of each side, resize to {resolution}x{resolution} "
+              "(bilinear, antialiased)",
         "keras": f"resize the whole image to {resolution}x{resolution} (bilinear, antialiased)",
     }
     mean, std = NORMALIZATION[data.normalization]

@@ -290,7 +290,8 @@ def run_latency(ckpts: list[Path], overrides: list[str], grid: bool, opts: Laten
         "format": LATENCY_FORMAT, "version": 1, "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {**machine(), "loadavg_before": load_before, "loadavg_after": loadavg()},
         "versions": versions(),
-        "settings": {k: getattr(opts, k) for k in ("batch", "runs", "warmup", "threads", "backends", "num_calibration")},
+        "settings": {k: getattr(opts, k)
+                     for k in ("batch", "runs", "warmup", "threads", "backends", "num_calibration")},
         "threads": parse_threads(opts.threads),
         "models": models,
     }
@@ -323,6 +324,6 @@ def latency_table(report: dict) -> list[str]:
         for r in m["results"]:
             ratio = f"{r['ratio_to_eager']:.2f}" if r["ratio_to_eager"] else "–"
             lines.append(f"| {m['name']} (α {m['alpha']}, {m['resolution']}) | {r['backend']} | {r['precision']} | "
-                         f"{r['threads']} | {r['batch']} | {r['median_ms']:.2f} | {r['p10_ms']:.2f} | {r['p90_ms']:.2f} | "
-                         f"{r['images_per_sec']:.1f} | {ratio} |")
+                         f"{r['threads']} | {r['batch']} | {r['median_ms']:.2f} | {r['p10_ms']:.2f} | "
+                         f"{r['p90_ms']:.2f} | {r['images_per_sec']:.1f} | {ratio} |")
     return lines

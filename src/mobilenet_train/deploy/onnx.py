@@ -47,7 +47,8 @@ def write_metadata(path: Path, meta: dict) -> None:
     del proto.metadata_props[:]
     for key, value in {**flat, METADATA_KEY: json.dumps(meta)}.items():
         proto.metadata_props.add(key=key, value=str(value))
-    proto.doc_string = f"MobileNet v1 exported by {meta['exported_by']}; preprocessing in metadata_props['{METADATA_KEY}']"
+    proto.doc_string = (f"MobileNet v1 exported by {meta['exported_by']}; "
+                        f"preprocessing in metadata_props['{METADATA_KEY}']")
     onnx.save(proto, str(path))
 
 

@@ -54,7 +54,8 @@ def verify(fmt: str, path: Path, model: nn.Module, inputs: torch.Tensor, quantiz
         want = model(inputs).numpy()
     got = _run(fmt, path, inputs, max_batch)
     if got.shape != want.shape or not np.isfinite(got).all():
-        raise UserError(f"the exported {fmt} model returns {got.shape} {'non-finite ' if not np.isfinite(got).all() else ''}"
+        raise UserError(f"the exported {fmt} model returns {got.shape} "
+                        f"{'non-finite ' if not np.isfinite(got).all() else ''}"
                         f"logits where PyTorch returns {want.shape}; nothing written")
     c = compare(got, want, FP32_TOLERANCE)
     if quantized and c["min_cosine"] < min_cosine:

@@ -109,7 +109,7 @@ def check_finite(loss_sum: float, count: float, where: str) -> None:
 
 
 def train_one_epoch(parts: TrainParts, loader, state: TrainState, tcfg, epoch_desc: str, logger=None,
-                    progress: bool = False, dist_info: distributed.DistInfo = distributed.DistInfo(),
+                    progress: bool = False, dist_info: distributed.DistInfo | None = None,
                     after_step=None, stop: StopRequest | None = None,
                     epoch_totals: torch.Tensor | None = None) -> dict | None:
     """One pass over `loader` (from `state.batches_done` on); returns the epoch's train metrics.
@@ -122,6 +122,8 @@ def train_one_epoch(parts: TrainParts, loader, state: TrainState, tcfg, epoch_de
     sample. `epoch_totals` (device float64: loss x n, correct, n) accumulates this rank's epoch
     sums; a resumed epoch passes in the sums saved mid-epoch so its metrics cover the whole epoch.
     """
+    if dist_info is None:
+        dist_info = distributed.DistInfo()
     _train_mode(parts)
     device, accum = parts.prep.device, int(tcfg.accum_steps)
     log_every = max(1, int(tcfg.log_every_steps))

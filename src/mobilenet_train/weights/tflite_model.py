@@ -142,7 +142,8 @@ def _read_piece(path: Path) -> tuple[list[Op], Tensor, Tensor]:
             dim = 0
             if q is not None and q.ScaleLength():
                 scale = q.ScaleAsNumpy().astype(np.float64)
-                zero_point = q.ZeroPointAsNumpy().astype(np.int64) if q.ZeroPointLength() else np.zeros(scale.shape, np.int64)
+                zero_point = (q.ZeroPointAsNumpy().astype(np.int64) if q.ZeroPointLength()
+                              else np.zeros(scale.shape, np.int64))
                 dim = q.QuantizedDimension()
             return Tensor(index, t.Name().decode(errors="replace"), shape, dtype, data, scale, zero_point, dim)
 
@@ -163,7 +164,8 @@ def _read_piece(path: Path) -> tuple[list[Op], Tensor, Tensor]:
         raise
     except Exception as e:  # noqa: BLE001 - a damaged flatbuffer fails in many ways while it is walked
         kind = type(e).__name__ if type(e).__module__ == "builtins" else f"{type(e).__module__}.{type(e).__name__}"
-        raise UserError(f"{path} is not a readable TF-Lite file (truncated or corrupt: reading it raised {kind})") from None
+        raise UserError(f"{path} is not a readable TF-Lite file "
+                        f"(truncated or corrupt: reading it raised {kind})") from None
 
 
 def _check_chain(ops: list[Op], graph_input: Tensor, graph_output: Tensor, path: Path) -> None:
@@ -211,7 +213,8 @@ def read_tflite(paths: list[Path]) -> SourceWeights:
                             f"not a TF-slim MobileNet v1")
     if len(body) != NUM_CONVS or len(classifier) != 1:
         what = "" if pooled else " and no global pool"
-        raise UserError(f"{source} holds {len(body)} convolutions before the pool and {len(classifier)} after it{what}, "
+        raise UserError(f"{source} holds {len(body)} convolutions before the pool "
+                        f"and {len(classifier)} after it{what}, "
                         f"where MobileNet v1 has {NUM_CONVS} and 1: not a (complete) MobileNet v1; give all pieces "
                         f"of a split model, in order")
 
