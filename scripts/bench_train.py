@@ -157,7 +157,7 @@ class ToolkitRunner:
         # fit turns on the cuDNN autotuner (unless deterministic); the baseline runs with the default.
         torch.backends.cudnn.benchmark = self.device.type == "cuda" and not self.tcfg.deterministic
         train_one_epoch(self.parts, cycle(self.batches, n_steps), self.state, self.tcfg, "bench",
-                        writer=None, progress=False, dist_info=DistInfo())
+                        logger=None, progress=False, dist_info=DistInfo())
         self.state.batches_done = 0  # as fit does between epochs
         torch.backends.cudnn.benchmark = False
 

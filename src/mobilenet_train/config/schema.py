@@ -169,7 +169,8 @@ class SchedConfig:
 @dataclass
 class EmaConfig:
     enabled: bool = key(False, "keep an EMA of the weights (timm ModelEmaV3) and evaluate it too")
-    decay: float = key(0.9998, "EMA decay per optimizer step", gt=0, lt=1, example=0.9998)
+    decay: float = key(0.9998, "EMA decay per optimizer step (1: the EMA stays the start weights)", gt=0, le=1,
+                       example=0.9998)
     warmup: bool = key(False, "timm's EMA warmup (a lower decay early on)")
 
 
