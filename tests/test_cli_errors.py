@@ -43,6 +43,13 @@ def test_class_count_mismatch(cli, tmp_path):
     ("model.resolution=16", "model.resolution=16"),
     ("model.alpha=[", "model.alpha=["),
     ("optim=adamw", "adamw"),
+    # What a new user tried on the release before the schema: tracebacks and silent accepts.
+    ("optim.lr=-1", "optim.lr=-1 is not allowed"),
+    ("seed=abc", "seed=abc is not allowed"),
+    ("optim.momentum=2", "optim.momentum=2 is not allowed"),
+    ("data.hflip=3", "data.hflip=3 is not allowed"),
+    ("trainer.ema.decay=1.5", "trainer.ema.decay=1.5 is not allowed"),
+    ("trainer.compile=maybe", "trainer.compile=maybe is not allowed"),
 ])
 def test_bad_overrides(cli, tmp_path, override, needle):
     assert_one_line_error(train(cli, tmp_path, *TINY, override), needle)
@@ -117,6 +124,17 @@ def test_eval_unknown_and_malformed_overrides(cli, tmp_path, trained_run):
     assert_one_line_error(evaluate(cli, tmp_path, ckpt, "data.rooot=/x"), "data.rooot")
     assert_one_line_error(evaluate(cli, tmp_path, ckpt, "data.root"), "key=value")
     assert_one_line_error(evaluate(cli, tmp_path, ckpt, "use_ema=true"), "no EMA")
+    assert_one_line_error(evaluate(cli, tmp_path, ckpt, "use_ema=maybe"), "use_ema=maybe is not allowed")
+    assert_one_line_error(evaluate(cli, tmp_path, ckpt, "data.batch_size=0"), "data.eval_batch_size=0 is not allowed")
+
+
+def test_eval_group_selection_means_what_it_means_in_train(cli, tmp_path, trained_run):
+    """data=imagenet replaces the checkpoint's data group (as in mobilenet-train): its root is unset."""
+    ckpt = str(trained_run / "checkpoints" / "best.pt")
+    assert_one_line_error(evaluate(cli, tmp_path, ckpt, "data=imagenet"), "data.root is not set")
+    assert_one_line_error(evaluate(cli, tmp_path, ckpt, "data=imagenet_shards", f"data.root={tmp_path}"),
+                          "index.json")
+    assert_one_line_error(evaluate(cli, tmp_path, ckpt, "data=nope"), "data=nope is not an option of data")
 
 
 def test_eval_wrong_data_root(cli, tmp_path, trained_run):
