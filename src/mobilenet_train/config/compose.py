@@ -13,10 +13,14 @@ import copy
 import difflib
 import os
 import re
+import sys
 from datetime import datetime
 from importlib import resources
 
+from hydra import compose as hydra_compose
+from hydra import initialize_config_module
 from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
 from omegaconf import DictConfig, OmegaConf
@@ -24,7 +28,18 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from .. import distributed
 from ..errors import UserError
-from .schema import CROSS_CHECKS, GROUPS, TrainConfig, check, find_field, leaf_fields, optional, type_name
+from .schema import (
+    CROSS_CHECKS,
+    GROUPS,
+    TrainConfig,
+    bad_value,
+    check,
+    check_value,
+    find_field,
+    leaf_fields,
+    optional,
+    type_name,
+)
 
 CONFIG_MODULE = "mobilenet_train.configs"
 # Hydra flags that are not overrides: with any of them we leave the command line to Hydra.
@@ -111,8 +126,6 @@ def unknown_key(name: str, schema: type = TrainConfig, where: str = "the config"
 def check_override_value(name: str, value, f) -> None:
     """The value as typed on the command line fits the field's type (stricter than OmegaConf,
     which reads `trainer.compile=2` as true and `seed=1.5` as 1)."""
-    from .schema import bad_value, check_value
-
     t = type_name(f)
     if isinstance(value, str) and value.startswith("${"):
         return  # an interpolation: checked once resolved
@@ -158,10 +171,6 @@ def check_overrides(overrides: list[Override], schema: type = TrainConfig) -> li
 
 def compose(overrides: list[str], config_name: str = "train", hydra: bool = True) -> DictConfig:
     """Compose the real config with overrides (as Hydra would), checked; errors become UserError."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
     lines = check_overrides(parse_overrides(list(overrides)))
     GlobalHydra.instance().clear()
     try:
@@ -241,7 +250,7 @@ def preflight(args: list[str]) -> list[str]:
         keys = ", ".join(cfg.hydra.sweeper.params)
         print(f"mobilenet-train: note: the config sweeps {keys} only with -m (mobilenet-train -m ...); this is one "
               f"run with model.alpha={cfg.model.alpha}, model.resolution={cfg.model.resolution}", flush=True,
-              file=__import__("sys").stderr)
+              file=sys.stderr)
     return flags + lines
 
 
