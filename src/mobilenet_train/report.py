@@ -514,41 +514,26 @@ def to_csv(table: list[dict]) -> str:
 # ----------------------------------------------------------------------------- figures
 
 
-def figure(results: list[Result], x: str):
-    """Figure 4 (x='mult_adds') or Figure 5 (x='params'). Artists carry a gid: 'run' (one point
-    per result), 'frontier', 'published:paper' and 'published:tf_slim' (one point per model)."""
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
+def _plot_published(ax, source: str, points: list[published.Published], colors: dict, x: str) -> None:
+    """One source's published points, one group per (variant, alpha); non-separable models are labelled."""
+    marker, _label = PUBLISHED_STYLE[source]
+    groups: dict[tuple, list[published.Published]] = {}
+    for p in points:
+        groups.setdefault((p.variant, p.alpha), []).append(p)
+    for (variant, alpha), ps in groups.items():
+        ps.sort(key=lambda p: p.mult_adds_m)
+        xs = [p.mult_adds_m if x == "mult_adds" else p.params_m for p in ps]
+        ax.plot(xs, [p.top1 for p in ps], marker=marker, markersize=7, color=colors[alpha],
+                markerfacecolor="none" if source == "paper" else colors[alpha], alpha=0.75,
+                linestyle=":" if source == "tf_slim" else "none", linewidth=1, gid=f"published:{source}")
+        if variant != "separable":
+            for p, xv in zip(ps, xs):
+                ax.annotate(p.model, (xv, p.top1), textcoords="offset points", xytext=(0, -9), fontsize=8,
+                            color="0.35", ha="center", va="top")
 
-    xlabel = {"mult_adds": "mult-adds per image (millions, log scale)",
-              "params": "parameters (millions, log scale)"}[x]
-    title = {"mult_adds": "Top-1 accuracy vs computation (cf. paper Figure 4)",
-             "params": "Top-1 accuracy vs model size (cf. paper Figure 5)"}[x]
-    pub = {source: published.unique_points(source) for source in PUBLISHED_STYLE}
-    alphas = sorted({r.alpha for r in results} | {p.alpha for ps in pub.values() for p in ps}, reverse=True)
-    colors = {a: f"C{i % 10}" for i, a in enumerate(alphas)}
 
-    fig = Figure(figsize=(10, 6.2), layout="constrained")
-    ax = fig.subplots()
-    ax.set_xscale("log")
-
-    # Published points first, so the runs draw on top of them.
-    for source, (marker, _label) in PUBLISHED_STYLE.items():
-        groups: dict[tuple, list[published.Published]] = {}
-        for p in pub[source]:
-            groups.setdefault((p.variant, p.alpha), []).append(p)
-        for (variant, alpha), ps in groups.items():
-            ps.sort(key=lambda p: p.mult_adds_m)
-            xs = [p.mult_adds_m if x == "mult_adds" else p.params_m for p in ps]
-            ax.plot(xs, [p.top1 for p in ps], marker=marker, markersize=7, color=colors[alpha],
-                    markerfacecolor="none" if source == "paper" else colors[alpha], alpha=0.75,
-                    linestyle=":" if source == "tf_slim" else "none", linewidth=1, gid=f"published:{source}")
-            if variant != "separable":
-                for p, xv in zip(ps, xs):
-                    ax.annotate(p.model, (xv, p.top1), textcoords="offset points", xytext=(0, -9), fontsize=8,
-                                color="0.35", ha="center", va="top")
-
-    # The runs: one line per (data, variant, alpha) through its resolutions; hollow = still in progress.
+def _plot_runs(ax, results: list[Result], colors: dict, x: str) -> None:
+    """The runs: one line per (data, variant, alpha) through its resolutions; hollow = still in progress."""
     groups: dict[tuple, list[Result]] = {}
     for r in results:
         groups.setdefault((r.dataset or "?", r.variant, r.alpha), []).append(r)
@@ -566,14 +551,22 @@ def figure(results: list[Result], x: str):
             ax.annotate(str(r.resolution), (xv, r.top1), textcoords="offset points", xytext=(5, 5), fontsize=8,
                         color=colors[alpha])
 
+
+def _plot_frontiers(ax, results: list[Result], x: str) -> list[list[int]]:
+    """The runs' Pareto frontiers (one per dataset), circled; returns them."""
     fronts = frontier(results, x)
     for front in fronts:
         fx = [getattr(results[i], x) / 1e6 for i in front]
         fy = [results[i].top1 for i in front]
         ax.plot(fx, fy, drawstyle="steps-post", linestyle="--", color="black", linewidth=1.2, alpha=0.7,
                 marker="o", markersize=15, markerfacecolor="none", markeredgewidth=1.2, gid="frontier")
+    return fronts
 
-    # Legend: colour says alpha, marker and line style say where a point comes from.
+
+def _figure_legend(ax, results: list[Result], alphas: list[float], colors: dict, fronts: list[list[int]]) -> None:
+    """Legend: colour says alpha, marker and line style say where a point comes from."""
+    from matplotlib.lines import Line2D
+
     entries = [(Line2D([], [], color=colors[a], linewidth=4), f"α = {a}") for a in alphas]
     for variant in sorted({r.variant for r in results}, key=lambda v: v != "separable"):
         entries.append((Line2D([], [], color="0.3", linewidth=2, marker=VARIANT_MARKERS.get(variant, "o")),
@@ -588,6 +581,30 @@ def figure(results: list[Result], x: str):
                                markerfacecolor="none" if source == "paper" else "0.3",
                                linestyle=":" if source == "tf_slim" else "none"), f"{label}, ImageNet"))
     ax.legend(*zip(*entries), loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
+
+
+def figure(results: list[Result], x: str):
+    """Figure 4 (x='mult_adds') or Figure 5 (x='params'). Artists carry a gid: 'run' (one point
+    per result), 'frontier', 'published:paper' and 'published:tf_slim' (one point per model)."""
+    from matplotlib.figure import Figure
+
+    xlabel = {"mult_adds": "mult-adds per image (millions, log scale)",
+              "params": "parameters (millions, log scale)"}[x]
+    title = {"mult_adds": "Top-1 accuracy vs computation (cf. paper Figure 4)",
+             "params": "Top-1 accuracy vs model size (cf. paper Figure 5)"}[x]
+    pub = {source: published.unique_points(source) for source in PUBLISHED_STYLE}
+    alphas = sorted({r.alpha for r in results} | {p.alpha for ps in pub.values() for p in ps}, reverse=True)
+    colors = {a: f"C{i % 10}" for i, a in enumerate(alphas)}
+
+    fig = Figure(figsize=(10, 6.2), layout="constrained")
+    ax = fig.subplots()
+    ax.set_xscale("log")
+    # Published points first, so the runs draw on top of them.
+    for source in PUBLISHED_STYLE:
+        _plot_published(ax, source, pub[source], colors, x)
+    _plot_runs(ax, results, colors, x)
+    fronts = _plot_frontiers(ax, results, x)
+    _figure_legend(ax, results, alphas, colors, fronts)
     datasets = ", ".join(sorted({r.dataset or "?" for r in results}))
     ax.set_title(f"{title}\nruns: best val top-1 on {datasets}; labels: input resolution", fontsize=11)
     ax.set_xlabel(xlabel)

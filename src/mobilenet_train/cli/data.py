@@ -18,7 +18,7 @@ from ..data.prepare import DEVKIT, OFFICIAL, TRAIN_TAR, VAL_TAR, prepare
 from ..errors import UserError, fail
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mobilenet-data", description="Prepare ImageNet and pack it into shards.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("prepare", help="ILSVRC2012 tars -> DEST/train/<wnid>/, DEST/val/<wnid>/ (resumable)")
@@ -46,30 +46,42 @@ def main(argv: list[str] | None = None) -> None:
     k.add_argument("--seed", type=int, default=0, help="seed of the shuffle across shards")
     k.add_argument("--workers", type=int, default=0, help="encoding processes (default: all cores)")
     k.add_argument("--no-progress", action="store_true")
-    ns = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    ns = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         if ns.command == "prepare":
-            expect = {"train": ns.expect_train, "val": ns.expect_val, "classes": ns.expect_classes}
-            r = prepare(ns.src, ns.dest, ns.train_tar, ns.val_tar, ns.val_labels, ns.devkit, ns.id_wnids, ns.wnids,
-                        expect, progress=not ns.no_progress)
-            print(f"{r['dest']}: {r['train']:,} train and {r['val']:,} val images, {r['classes']} classes")
-            if r["problems"]:
-                for problem in r["problems"]:
-                    print(f"missing: {problem}")
-                print(f"mobilenet-data: prepare: {r['dest']} is incomplete ({len(r['problems'])} problems above); "
-                      f"run prepare again to resume, or check the archives", file=sys.stderr)
-                sys.exit(1)
-            print("complete: all expected images are in place")
+            _run_prepare(ns)
         else:
-            index = pack(ns.dest, ns.shards, ns.max_side, ns.quality, ns.splits, ns.shard_size, ns.seed,
-                         ns.workers or None, progress=not ns.no_progress)
-            for split, info in index["splits"].items():
-                size = sum(s["bytes"] for s in info["shards"])
-                print(f"{split}: {info['count']:,} images in {len(info['shards'])} shards, {size / 1e6:.1f} MB")
-            if index["skipped"]:
-                print(f"skipped {len(index['skipped'])} unreadable images (listed in {ns.shards / 'index.json'}), "
-                      f"e.g. {index['skipped'][0]['path']}: {index['skipped'][0]['reason']}")
-            print(f"written {ns.shards / 'index.json'}; train with data=imagenet_shards data.root={ns.shards}")
+            _run_pack(ns)
     except UserError as e:
         fail("mobilenet-data", e)
+
+
+def _run_prepare(ns: argparse.Namespace) -> None:
+    expect = {"train": ns.expect_train, "val": ns.expect_val, "classes": ns.expect_classes}
+    r = prepare(ns.src, ns.dest, ns.train_tar, ns.val_tar, ns.val_labels, ns.devkit, ns.id_wnids, ns.wnids,
+                expect, progress=not ns.no_progress)
+    print(f"{r['dest']}: {r['train']:,} train and {r['val']:,} val images, {r['classes']} classes")
+    if r["problems"]:
+        for problem in r["problems"]:
+            print(f"missing: {problem}")
+        print(f"mobilenet-data: prepare: {r['dest']} is incomplete ({len(r['problems'])} problems above); "
+              f"run prepare again to resume, or check the archives", file=sys.stderr)
+        sys.exit(1)
+    print("complete: all expected images are in place")
+
+
+def _run_pack(ns: argparse.Namespace) -> None:
+    index = pack(ns.dest, ns.shards, ns.max_side, ns.quality, ns.splits, ns.shard_size, ns.seed,
+                 ns.workers or None, progress=not ns.no_progress)
+    for split, info in index["splits"].items():
+        size = sum(s["bytes"] for s in info["shards"])
+        print(f"{split}: {info['count']:,} images in {len(info['shards'])} shards, {size / 1e6:.1f} MB")
+    if index["skipped"]:
+        print(f"skipped {len(index['skipped'])} unreadable images (listed in {ns.shards / 'index.json'}), "
+              f"e.g. {index['skipped'][0]['path']}: {index['skipped'][0]['reason']}")
+    print(f"written {ns.shards / 'index.json'}; train with data=imagenet_shards data.root={ns.shards}")

@@ -172,6 +172,42 @@ def check_dest(dest: Path, expect: dict, wnids: list[str], labels: dict[str, str
     return problems
 
 
+def _pick(src: Path, given, default_name: str) -> Path | None:
+    """An archive given on the command line (it must exist), else SRC/default_name when it is there."""
+    if given is not None:
+        if not Path(given).is_file():
+            raise UserError(f"{given} does not exist")
+        return Path(given)
+    path = src / default_name
+    return path if path.is_file() else None
+
+
+def _find_archives(src: Path, train_tar, val_tar, val_labels, devkit) -> tuple[Path | None, ...]:
+    """The train tar, val tar, val labels and devkit to use; fails before anything is written when they fall short."""
+    if not src.is_dir():
+        raise UserError(f"SRC={src} is not a directory: pass the directory holding {TRAIN_TAR} and {VAL_TAR}")
+    train_tar, val_tar = _pick(src, train_tar, TRAIN_TAR), _pick(src, val_tar, VAL_TAR)
+    val_labels, devkit = _pick(src, val_labels, VAL_LABELS), _pick(src, devkit, DEVKIT)
+    if train_tar is None and val_tar is None:
+        raise UserError(f"{src} holds neither {TRAIN_TAR} nor {VAL_TAR}: pass the directory with the ILSVRC2012 "
+                        f"archives (or --train-tar / --val-tar)")
+    if val_tar is not None and val_labels is None and devkit is None:
+        raise UserError(f"no validation labels: put {VAL_LABELS} ('ILSVRC2012_val_%08d.JPEG <index>' lines) "
+                        f"or {DEVKIT} in {src}, or pass --val-labels / --devkit")
+    return train_tar, val_tar, val_labels, devkit
+
+
+def _labels(val_labels: Path | None, devkit: Path | None, id_wnids: Path | None, wnids: list[str],
+            expect: dict) -> dict[str, str]:
+    """{val file name: wnid} from the label list (needs the wnids) or else from the devkit."""
+    if val_labels is None:
+        return read_devkit_labels(devkit, id_wnids)
+    if not wnids:
+        raise UserError(f"--val-labels holds class indices; name the classes: prepare the train tar too, or "
+                        f"pass --wnids FILE (the {expect.get('classes') or 1000} wnids in sorted order)")
+    return read_val_labels(val_labels, wnids)
+
+
 def prepare(src: Path, dest: Path, train_tar: Path | None = None, val_tar: Path | None = None,
             val_labels: Path | None = None, devkit: Path | None = None, id_wnids: Path | None = None,
             wnids_file: Path | None = None, expect: dict | None = None, progress: bool = True) -> dict:
@@ -179,26 +215,8 @@ def prepare(src: Path, dest: Path, train_tar: Path | None = None, val_tar: Path 
 
     src, dest = Path(src), Path(dest)
     expect = dict(OFFICIAL if expect is None else expect)
-
-    def pick(given, default_name):
-        if given is not None:
-            if not Path(given).is_file():
-                raise UserError(f"{given} does not exist")
-            return Path(given)
-        path = src / default_name
-        return path if path.is_file() else None
-
-    if not src.is_dir():
-        raise UserError(f"SRC={src} is not a directory: pass the directory holding {TRAIN_TAR} and {VAL_TAR}")
-    train_tar, val_tar = pick(train_tar, TRAIN_TAR), pick(val_tar, VAL_TAR)
-    val_labels, devkit = pick(val_labels, VAL_LABELS), pick(devkit, DEVKIT)
-    if train_tar is None and val_tar is None:
-        raise UserError(f"{src} holds neither {TRAIN_TAR} nor {VAL_TAR}: pass the directory with the ILSVRC2012 "
-                        f"archives (or --train-tar / --val-tar)")
+    train_tar, val_tar, val_labels, devkit = _find_archives(src, train_tar, val_tar, val_labels, devkit)
     labels = None
-    if val_tar is not None and val_labels is None and devkit is None:
-        raise UserError(f"no validation labels: put {VAL_LABELS} ('ILSVRC2012_val_%08d.JPEG <index>' lines) "
-                        f"or {DEVKIT} in {src}, or pass --val-labels / --devkit")
     dest.mkdir(parents=True, exist_ok=True)
     wnids: list[str] = []
     if train_tar is not None:
@@ -210,13 +228,7 @@ def prepare(src: Path, dest: Path, train_tar: Path | None = None, val_tar: Path 
         wnids = [w for w in Path(wnids_file).read_text().split() if w]
     unlabelled = []
     if val_tar is not None:
-        if val_labels is not None:
-            if not wnids:
-                raise UserError(f"--val-labels holds class indices; name the classes: prepare the train tar too, or "
-                                f"pass --wnids FILE (the {expect.get('classes') or 1000} wnids in sorted order)")
-            labels = read_val_labels(val_labels, wnids)
-        else:
-            labels = read_devkit_labels(devkit, id_wnids)
+        labels = _labels(val_labels, devkit, id_wnids, wnids, expect)
         bar = tqdm(total=expect.get("val") or None, desc="val", unit="img", disable=not progress, dynamic_ncols=True)
         unlabelled = prepare_val(val_tar, dest, labels, bar)
         bar.close()

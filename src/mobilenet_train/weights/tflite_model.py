@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,69 @@ def _options(op, name: str) -> dict:
     return {}
 
 
+def _buffer_data(buf: bytes, b) -> bytes | None:
+    """A buffer's bytes, wherever the converter put them; None for an activation."""
+    if b.DataLength():
+        return b.DataAsNumpy().tobytes()
+    if b.Offset() > 1:  # large models keep buffers after the flatbuffer
+        return buf[b.Offset(): b.Offset() + b.Size()]
+    return None
+
+
+def _quantization(t) -> tuple[np.ndarray | None, np.ndarray | None, int]:
+    """A tensor's scale, zero point and quantized dimension; (None, None, 0) for a float tensor."""
+    q = t.Quantization()
+    if q is None or not q.ScaleLength():
+        return None, None, 0
+    scale = q.ScaleAsNumpy().astype(np.float64)
+    zero_point = (q.ZeroPointAsNumpy().astype(np.int64) if q.ZeroPointLength()
+                  else np.zeros(scale.shape, np.int64))
+    return scale, zero_point, q.QuantizedDimension()
+
+
+def _read_tensor(path: Path, buf: bytes, model, graph, index: int) -> Tensor | None:
+    """Tensor `index` of the graph, with its constant data (checked against its shape) and quantization."""
+    if index < 0:
+        return None  # an optional input left out
+    t = graph.Tensors(index)
+    shape = tuple(int(d) for d in t.ShapeAsNumpy()) if t.ShapeLength() else ()
+    data = _buffer_data(buf, model.Buffers(t.Buffer()))
+    dtype = TYPES.get(t.Type())
+    if data is not None and (dtype is None or len(data) != int(np.prod(shape)) * np.dtype(dtype).itemsize):
+        raise UserError(f"{path}: tensor {t.Name().decode()} should hold {int(np.prod(shape))} values of "
+                        f"{dtype.__name__ if dtype else 'an unknown type'} but has {len(data)} bytes: "
+                        f"truncated or corrupt")
+    scale, zero_point, dim = _quantization(t)
+    return Tensor(index, t.Name().decode(errors="replace"), shape, dtype, data, scale, zero_point, dim)
+
+
+def _read_ops(path: Path, model, graph, tensor) -> list[Op]:
+    """The graph's ops in execution order; `tensor` reads a tensor by its index."""
+    ops = []
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        code = model.OperatorCodes(op.OpcodeIndex())
+        # Schema v3a moved builtin codes above 127 to BuiltinCode; older files fill only the deprecated byte.
+        name = OP_NAMES.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "CUSTOM")
+        ops.append(Op(name, str(path), [tensor(int(j)) for j in op.InputsAsNumpy()],
+                      [tensor(int(j)) for j in op.OutputsAsNumpy()], _options(op, name)))
+    return ops
+
+
+def _walk_piece(path: Path, buf: bytes) -> tuple[list[Op], Tensor, Tensor]:
+    model = tflite.Model.GetRootAs(buf, 0)
+    if model.SubgraphsLength() != 1:
+        raise UserError(f"{path} has {model.SubgraphsLength()} subgraphs; a MobileNet v1 has one")
+    graph = model.Subgraphs(0)
+    tensor = partial(_read_tensor, path, buf, model, graph)
+    ops = _read_ops(path, model, graph, tensor)
+    inputs, outputs = graph.InputsAsNumpy(), graph.OutputsAsNumpy()
+    if len(inputs) != 1 or len(outputs) != 1 or not ops:
+        raise UserError(f"{path} has {len(inputs)} inputs, {len(outputs)} outputs and {len(ops)} ops; "
+                        f"a MobileNet v1 (or a piece of one) has one input and one output")
+    return ops, tensor(int(inputs[0])), tensor(int(outputs[0]))
+
+
 def _read_piece(path: Path) -> tuple[list[Op], Tensor, Tensor]:
     """The ops of one .tflite file in execution order, its input and its output tensor."""
     try:
@@ -115,51 +179,7 @@ def _read_piece(path: Path) -> tuple[list[Op], Tensor, Tensor]:
     if len(buf) < 8 or buf[4:8] != b"TFL3":
         raise UserError(f"{path} is not a TF-Lite flatbuffer (no 'TFL3' identifier)")
     try:
-        model = tflite.Model.GetRootAs(buf, 0)
-        if model.SubgraphsLength() != 1:
-            raise UserError(f"{path} has {model.SubgraphsLength()} subgraphs; a MobileNet v1 has one")
-        graph = model.Subgraphs(0)
-
-        def tensor(index: int) -> Tensor | None:
-            if index < 0:
-                return None  # an optional input left out
-            t = graph.Tensors(index)
-            shape = tuple(int(d) for d in t.ShapeAsNumpy()) if t.ShapeLength() else ()
-            b = model.Buffers(t.Buffer())
-            if b.DataLength():
-                data = b.DataAsNumpy().tobytes()
-            elif b.Offset() > 1:  # large models keep buffers after the flatbuffer
-                data = buf[b.Offset(): b.Offset() + b.Size()]
-            else:
-                data = None
-            dtype = TYPES.get(t.Type())
-            if data is not None and (dtype is None or len(data) != int(np.prod(shape)) * np.dtype(dtype).itemsize):
-                raise UserError(f"{path}: tensor {t.Name().decode()} should hold {int(np.prod(shape))} values of "
-                                f"{dtype.__name__ if dtype else 'an unknown type'} but has {len(data)} bytes: "
-                                f"truncated or corrupt")
-            q = t.Quantization()
-            scale = zero_point = None
-            dim = 0
-            if q is not None and q.ScaleLength():
-                scale = q.ScaleAsNumpy().astype(np.float64)
-                zero_point = (q.ZeroPointAsNumpy().astype(np.int64) if q.ZeroPointLength()
-                              else np.zeros(scale.shape, np.int64))
-                dim = q.QuantizedDimension()
-            return Tensor(index, t.Name().decode(errors="replace"), shape, dtype, data, scale, zero_point, dim)
-
-        ops = []
-        for i in range(graph.OperatorsLength()):
-            op = graph.Operators(i)
-            code = model.OperatorCodes(op.OpcodeIndex())
-            # Schema v3a moved builtin codes above 127 to BuiltinCode; older files fill only the deprecated byte.
-            name = OP_NAMES.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "CUSTOM")
-            ops.append(Op(name, str(path), [tensor(int(j)) for j in op.InputsAsNumpy()],
-                          [tensor(int(j)) for j in op.OutputsAsNumpy()], _options(op, name)))
-        inputs, outputs = graph.InputsAsNumpy(), graph.OutputsAsNumpy()
-        if len(inputs) != 1 or len(outputs) != 1 or not ops:
-            raise UserError(f"{path} has {len(inputs)} inputs, {len(outputs)} outputs and {len(ops)} ops; "
-                            f"a MobileNet v1 (or a piece of one) has one input and one output")
-        return ops, tensor(int(inputs[0])), tensor(int(outputs[0]))
+        return _walk_piece(path, buf)
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001 - a damaged flatbuffer fails in many ways while it is walked
@@ -180,7 +200,8 @@ def _check_chain(ops: list[Op], graph_input: Tensor, graph_output: Tensor, path:
         raise UserError(f"{path}: the last op does not produce the model's output")
 
 
-def read_tflite(paths: list[Path]) -> SourceWeights:
+def _read_pieces(paths: list[Path]) -> tuple[list[Op], Tensor]:
+    """The ops of all pieces, in order, and the first piece's input; each piece must continue the previous one."""
     ops: list[Op] = []
     previous: tuple[Path, Tensor] | None = None
     first_input = None
@@ -197,8 +218,11 @@ def read_tflite(paths: list[Path]) -> SourceWeights:
                                 f"{prev_out.quantization()}; give the pieces in order")
         previous = (path, graph_output)
         ops += piece
-    source = ", ".join(str(p) for p in paths)
+    return ops, first_input
 
+
+def _split_at_pool(ops: list[Op], source: str) -> tuple[list[Op], list[Op]]:
+    """The convolutions before the global pool (the body) and after it (the classifier)."""
     body, classifier, pooled = [], [], False
     for op in ops:
         if op.name in CONVS:
@@ -217,23 +241,32 @@ def read_tflite(paths: list[Path]) -> SourceWeights:
                         f"and {len(classifier)} after it{what}, "
                         f"where MobileNet v1 has {NUM_CONVS} and 1: not a (complete) MobileNet v1; give all pieces "
                         f"of a split model, in order")
+    return body, classifier
 
+
+def _conv_problem(op: Op, i: int, depthwise: bool) -> str | None:
+    """How body conv `i` differs from TF-slim's MobileNet v1, or None."""
+    expected = "DEPTHWISE_CONV_2D" if depthwise else "CONV_2D"
+    o = op.options
+    if op.name != expected:
+        return f"a {op.name} op where MobileNet v1 has {expected}"
+    if o.get("stride") != (STRIDES[i], STRIDES[i]):
+        return f"stride {o.get('stride')} where MobileNet v1 has {STRIDES[i]}"
+    if o.get("padding") != "SAME":
+        return f"{o.get('padding')} padding where MobileNet v1 (TF-slim) has SAME"
+    if o.get("activation") != "RELU6":
+        return f"activation {o.get('activation')} where MobileNet v1 (TF-slim) has RELU6"
+    if depthwise and o.get("depth_multiplier", 1) != 1:
+        return f"depth multiplier {o['depth_multiplier']} where MobileNet v1 has 1"
+    return None
+
+
+def _conv_weights(body: list[Op]) -> list[ConvWeights]:
+    """The body's float weights (OIHW) and biases, after checking each conv against MobileNet v1."""
     convs = []
     for i, op in enumerate(body):
         depthwise = i % 2 == 1
-        expected = "DEPTHWISE_CONV_2D" if depthwise else "CONV_2D"
-        o = op.options
-        problem = None
-        if op.name != expected:
-            problem = f"a {op.name} op where MobileNet v1 has {expected}"
-        elif o.get("stride") != (STRIDES[i], STRIDES[i]):
-            problem = f"stride {o.get('stride')} where MobileNet v1 has {STRIDES[i]}"
-        elif o.get("padding") != "SAME":
-            problem = f"{o.get('padding')} padding where MobileNet v1 (TF-slim) has SAME"
-        elif o.get("activation") != "RELU6":
-            problem = f"activation {o.get('activation')} where MobileNet v1 (TF-slim) has RELU6"
-        elif depthwise and o.get("depth_multiplier", 1) != 1:
-            problem = f"depth multiplier {o['depth_multiplier']} where MobileNet v1 has 1"
+        problem = _conv_problem(op, i, depthwise)
         if problem:
             raise UserError(f"{op.source}: conv {i} of 27 ({op.outputs[0].name}) has {problem}")
         weight_t, bias_t = op.inputs[1], op.inputs[2] if len(op.inputs) > 2 else None
@@ -246,31 +279,48 @@ def read_tflite(paths: list[Path]) -> SourceWeights:
         weight = weight.transpose(3, 0, 1, 2) if depthwise else weight.transpose(0, 3, 1, 2)
         bias = bias_t.values(_bias_scale(op))
         convs.append(ConvWeights(weight_t.name.split(";")[0], weight, bias=bias))
+    return convs
 
-    head = classifier[0]
+
+def _classifier_weights(head: Op) -> tuple[np.ndarray, np.ndarray]:
+    """The classifier's (K, C) weight and its bias."""
     if head.options.get("activation") not in (None, "NONE") or len(head.inputs) < 3 or head.inputs[2] is None:
         raise UserError(f"{head.source}: the classifier must be a linear conv or fully connected op with a bias")
     fc_weight = head.inputs[1].values()
     fc_weight = fc_weight.reshape(fc_weight.shape[0], -1)  # (K, 1, 1, C) or (K, C) -> (K, C)
-    fc_bias = head.inputs[2].values(_bias_scale(head))
+    return fc_weight, head.inputs[2].values(_bias_scale(head))
 
+
+def _input_info(first_input: Tensor, path: Path) -> dict:
+    """The model input's shape, dtype and quantization, checked against TF-slim's preprocessing."""
     shape = first_input.shape
     if len(shape) != 4 or shape[3] != 3 or shape[1] != shape[2]:
-        raise UserError(f"{paths[0]}: the input has shape {shape}, expected square RGB images (1, N, N, 3)")
+        raise UserError(f"{path}: the input has shape {shape}, expected square RGB images (1, N, N, 3)")
     input_info = {"shape": list(shape), "dtype": np.dtype(first_input.dtype).name}
     if first_input.scale is not None:
         scale, zero_point = float(first_input.scale[0]), int(first_input.zero_point[0])
         input_info.update(scale=scale, zero_point=zero_point)
         # TF-slim's quantized input is (x - 128) / 128, within 0.4% of the float models' x / 127.5 - 1.
         if abs(scale * 127.5 - 1) > 0.01 or abs(zero_point - 127.5) > 1:
-            raise UserError(f"{paths[0]}: the input quantization (scale {scale}, zero point {zero_point}) is not "
+            raise UserError(f"{path}: the input quantization (scale {scale}, zero point {zero_point}) is not "
                             f"TF-slim's x / 127.5 - 1 (scale 1/128, zero point 128)")
+    return input_info
+
+
+def read_tflite(paths: list[Path]) -> SourceWeights:
+    ops, first_input = _read_pieces(paths)
+    source = ", ".join(str(p) for p in paths)
+    body, classifier = _split_at_pool(ops, source)
+    convs = _conv_weights(body)
+    fc_weight, fc_bias = _classifier_weights(classifier[0])
+    input_info = _input_info(first_input, paths[0])
     weight_types = sorted({np.dtype(op.inputs[1].dtype).name for op in body + classifier})
     details = {"resolution_from": "input tensor", "pieces": len(paths), "weight_dtype": "/".join(weight_types),
                "dequantized": any(t != "float32" for t in weight_types), "input": input_info,
                "ops": dict(Counter(op.name for op in ops))}
     return SourceWeights(format="tflite", sources=[str(p) for p in paths], convs=convs, fc_weight=fc_weight,
-                         fc_bias=fc_bias, resolution=int(shape[1]), eval_preset="tf", bn_eps=None, details=details)
+                         fc_bias=fc_bias, resolution=int(first_input.shape[1]), eval_preset="tf", bn_eps=None,
+                         details=details)
 
 
 def _bias_scale(op: Op) -> np.ndarray | None:
