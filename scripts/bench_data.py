@@ -34,13 +34,12 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import datasets
 from torchvision.transforms import v2
 
+from mobilenet_train.config.schema import DataConfig
 from mobilenet_train.data import NORMALIZATION, collate, eval_resize_size, eval_transform, image_folder, train_transform
 
 
 def data_cfg(min_crop_area: float):
-    return OmegaConf.create({"min_crop_area": min_crop_area, "crop_ratio": [3 / 4, 4 / 3], "hflip": 0.5,
-                             "interpolation": "bilinear", "eval_preset": "default", "eval_crop_fraction": 0.875,
-                             "jpeg_draft": True})
+    return OmegaConf.structured(DataConfig(min_crop_area=min_crop_area))  # the schema's defaults otherwise
 
 
 def baseline_transform(train: bool, resolution: int, min_crop_area: float):

@@ -64,12 +64,12 @@ def litert(path: Path, threads: int):
 
 def sample_set(ckpt: dict, folder: Path, n: int):
     """(uint8 NCHW images, labels) with the checkpoint's eval preprocessing."""
-    from omegaconf import OmegaConf
     from torchvision import datasets
 
+    from mobilenet_train.config import typed_config
     from mobilenet_train.data import eval_transform
 
-    ds = datasets.ImageFolder(str(folder), transform=eval_transform(OmegaConf.create(ckpt["config"]["data"]),
+    ds = datasets.ImageFolder(str(folder), transform=eval_transform(typed_config(ckpt["config"]).data,
                                                                      int(ckpt["model_args"]["resolution"])))
     idx = spread(list(range(len(ds))), n)
     images = torch.stack([ds[i][0] for i in idx])

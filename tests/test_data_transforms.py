@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torchvision.transforms import v2
 
+from mobilenet_train.config.schema import DataConfig
 from mobilenet_train.data import CentralFractionCrop, FastEvalCrop, eval_transform
 from mobilenet_train.errors import UserError
 
@@ -32,7 +33,7 @@ def test_eval_crop_equals_resize_then_centre_crop_without_draft(tmp_path):
 
 
 def data_cfg(preset):
-    return OmegaConf.create({"eval_preset": preset, "eval_crop_fraction": 0.875, "interpolation": "bilinear"})
+    return OmegaConf.structured(DataConfig(eval_preset=preset, eval_crop_fraction=0.875, interpolation="bilinear"))
 
 
 def image(width=400, height=300, black=0.5):

@@ -17,6 +17,7 @@ from helpers import assert_one_line_error, run_cli, shared_or_skip
 
 from mobilenet_train.checkpoint import load_checkpoint, model_from_checkpoint
 from mobilenet_train.cli.importer import main as import_cli
+from mobilenet_train.config.schema import DataConfig
 from mobilenet_train.errors import UserError
 from mobilenet_train.evaluation import evaluate_checkpoint as run_eval
 from mobilenet_train.importer import import_weights
@@ -155,8 +156,7 @@ def test_keras_logits_match_numpy_forward(keras_ckpt):
     from mobilenet_train.data import eval_transform
 
     samples = sorted(shared_or_skip(*SAMPLES).glob("val/*/*.JPEG"))[::250]  # 4 images
-    transform = eval_transform(OmegaConf.create({"eval_preset": "default", "eval_crop_fraction": 0.875,
-                                                 "interpolation": "bilinear"}), 224)
+    transform = eval_transform(OmegaConf.structured(DataConfig(eval_preset="default")), 224)
     images = torch.stack([transform(Image.open(p).convert("RGB")) for p in samples]).double() / 127.5 - 1
     model, _ = model_from_checkpoint(load_checkpoint(keras_ckpt))
     with torch.no_grad():

@@ -73,7 +73,7 @@ class ImageFiles(datasets.ImageFolder):
 
 
 def is_shards(data_cfg) -> bool:
-    return str(data_cfg.get("format", "folder")) == "shards"
+    return data_cfg.format == "shards"
 
 
 def resolve_root(data_cfg) -> Path:

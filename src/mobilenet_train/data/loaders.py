@@ -109,7 +109,7 @@ def build_loader(dataset: Dataset, batch_size: int, train: bool, num_workers: in
 
 
 def decode_mode(data_cfg) -> str:
-    mode = str(data_cfg.get("decode", "cpu"))
+    mode = str(data_cfg.decode)
     if mode not in DECODE_MODES:
         raise UserError(f"data.decode={mode} is unknown: use cpu or gpu")
     if mode == "gpu" and not torch.cuda.is_available():
@@ -128,7 +128,7 @@ def build_dataset(data_cfg, resolution: int, split: str, train: bool, root: Path
     if is_shards(data_cfg):
         if train:
             return ShardStream(root, split, transform, encoded=encoded,
-                               buffer_size=int(data_cfg.get("shuffle_buffer", 2000)))
+                               buffer_size=int(data_cfg.shuffle_buffer))
         return ShardFiles(root, split, transform, encoded=encoded)
     return image_folder(root, split, transform, encoded=encoded)
 
@@ -160,7 +160,7 @@ def build_data(cfg, resolution: int, rank: int = 0, world_size: int = 1, pin_mem
                 check_split(root, split)
             else:
                 split_dir(root, split)  # report a missing split before anything is read
-    max_bad = float(data_cfg.get("max_bad_share", DEFAULT_MAX_BAD_SHARE))
+    max_bad = float(data_cfg.max_bad_share)
     gpu = decode_mode(data_cfg) == "gpu" and data_cfg.name != "fake"
     device = torch.device("cuda", torch.cuda.current_device()) if gpu else None
 
@@ -198,11 +198,11 @@ def eval_loader(data_cfg, resolution: int, root, split: str | None = None, batch
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"{root} is not a directory of labelled images (ROOT/<class>/<image>)")
-    split = split or str(data_cfg.get("val_split", "val"))
+    split = split or str(data_cfg.val_split)
     if not (root / split).is_dir():
         root, split = root.parent, root.name  # root is the split directory
     dataset = image_folder(root, split, eval_transform(data_cfg, resolution))
-    max_bad = float(data_cfg.get("max_bad_share", DEFAULT_MAX_BAD_SHARE))
+    max_bad = float(data_cfg.max_bad_share)
     loader = build_loader(dataset, batch_size, False, num_workers, seed=0, max_bad_share=max_bad)
     return loader, list(dataset.classes)
 

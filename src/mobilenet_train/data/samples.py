@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import torch
 
-DEFAULT_MAX_BAD_SHARE = 0.001
+from ..config.schema import DataConfig
+
+DEFAULT_MAX_BAD_SHARE = DataConfig.max_bad_share  # the schema's default, for loaders built without a config
 # A sample that fails is replaced by another; after this many failures in a row, a black image.
 REPLACEMENT_TRIES = 8
 

@@ -130,12 +130,12 @@ def train_transform(data_cfg, resolution: int) -> FastRandomResizedCrop:
     return FastRandomResizedCrop(resolution, scale=(float(data_cfg.min_crop_area), 1.0),
                                  ratio=tuple(data_cfg.crop_ratio),
                                  hflip=float(data_cfg.hflip), interpolation=_interpolation_name(data_cfg),
-                                 draft=bool(data_cfg.get("jpeg_draft", True)))
+                                 draft=bool(data_cfg.jpeg_draft))
 
 
 def eval_transform(data_cfg, resolution: int) -> FastEvalCrop:
-    return FastEvalCrop(resolution, data_cfg.get("eval_preset", "default"), float(data_cfg.eval_crop_fraction),
-                        _interpolation_name(data_cfg), draft=bool(data_cfg.get("jpeg_draft", True)))
+    return FastEvalCrop(resolution, data_cfg.eval_preset, float(data_cfg.eval_crop_fraction),
+                        _interpolation_name(data_cfg), draft=bool(data_cfg.jpeg_draft))
 
 
 def _interpolation_name(data_cfg) -> str:

@@ -13,11 +13,13 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from PIL import Image
 
-from ..config import apply_overrides, typed_config
+from ..config import apply_overrides, check, typed_config
+from ..config.compose import first_line
+from ..config.schema import DataConfig
 from ..data import (
-    DEFAULT_MAX_BAD_SHARE,
     NORMALIZATION,
     DevicePreprocess,
     ImageFiles,
@@ -40,9 +42,13 @@ def data_config(ckpt: dict, items: list[str] = ()) -> DictConfig:
 
 
 def checked(data) -> DictConfig:
-    """`data` as a config, refused in one line now if its eval_preset, interpolation or normalization is unknown."""
-    data = OmegaConf.create(data)
-    eval_transform(data, 32), normalize(torch.zeros(1, 3, 1, 1), data.normalization)
+    """`data` (a data config, possibly partial) on the schema: missing keys get their defaults, a bad
+    value is refused in one line now."""
+    try:
+        data = OmegaConf.merge(OmegaConf.structured(DataConfig), data)
+    except OmegaConfBaseException as e:
+        raise UserError(f"the data config does not fit the schema: {first_line(e)}") from None
+    check(DataConfig, OmegaConf.to_container(data), "data.")
     return data
 
 
@@ -54,8 +60,8 @@ def preprocessing(ckpt: dict, data=None) -> dict:
     """What a deployment must do to an RGB image before the model: the eval preset of `data`."""
     data, args = _data(ckpt, data), ckpt["model_args"]
     resolution = int(args["resolution"])
-    preset, fraction = data.get("eval_preset", "default"), float(data.get("eval_crop_fraction", 0.875))
-    interpolation = data.get("interpolation", "bilinear")
+    preset, fraction = data.eval_preset, float(data.eval_crop_fraction)
+    interpolation = data.interpolation
     steps = {
         "default": f"resize the shorter side to {eval_resize_size(resolution, fraction)} ({interpolation}, "
                    f"antialiased), centre crop {resolution}x{resolution}",
@@ -130,7 +136,7 @@ def checkpoint_images(ckpt: dict, split: str = "val", data=None) -> list[Path]:
         root = resolve_root(data)
     except UserError:
         return []
-    for name in (data.get(f"{split}_split", split), data.get("val_split", "val")):
+    for name in (data.get(f"{split}_split", split), data.val_split):
         if (root / name).is_dir():
             return image_files(root / name)
     return []
@@ -164,7 +170,7 @@ def labelled_folder(folder: str, ckpt: dict, data=None) -> ImageFiles:
     data, root = _data(ckpt, data), Path(folder)
     if not root.is_dir():
         raise UserError(f"eval={folder} is not a directory")
-    val = root / data.get("val_split", "val")
+    val = root / data.val_split
     if val.is_dir() and not any(is_image_file(str(p)) for p in root.iterdir() if p.is_file()):
         root = val
     try:
@@ -183,6 +189,6 @@ def labelled_folder(folder: str, ckpt: dict, data=None) -> ImageFiles:
 def eval_batches(dataset: ImageFiles, data: DictConfig, batch: int):
     """(normalised float images, targets) of a labelled folder, through mobilenet-eval's loader."""
     loader = build_loader(dataset, batch, train=False, num_workers=0, seed=0,
-                          max_bad_share=float(data.get("max_bad_share", DEFAULT_MAX_BAD_SHARE)))
+                          max_bad_share=float(data.max_bad_share))
     for images, targets in loader:
         yield normalize(images, data.normalization), targets

@@ -89,7 +89,7 @@ def start_process(cfg: DictConfig, run_dir: Path) -> TrainContext:
         # Before CUDA starts: cuBLAS is only deterministic with a fixed workspace.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     dist_info = distributed.init_distributed("cuda" if torch.cuda.is_available() and tcfg.device != "cpu" else "cpu",
-                                             timeout_s=int(tcfg.get("dist_timeout_s") or 300))
+                                             timeout_s=int(tcfg.dist_timeout_s))
     if dist_info.enabled:
         # Every rank must work in rank 0's run dir (a Hydra timestamp can differ by a second).
         run_dir = Path(distributed.broadcast_object(str(run_dir)))
@@ -140,7 +140,7 @@ def build_parts(cfg: DictConfig, ctx: TrainContext, model: nn.Module, weights: d
         model.load_state_dict(weights)
     elif init is not None:
         finetune.load_init_weights(model, init, cfg.model.init)
-    if tcfg.get("sync_bn") and ctx.dist_info.enabled:
+    if tcfg.sync_bn and ctx.dist_info.enabled:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     if tcfg.channels_last:
@@ -150,7 +150,7 @@ def build_parts(cfg: DictConfig, ctx: TrainContext, model: nn.Module, weights: d
     scaler = torch.amp.GradScaler(device.type, enabled=ctx.amp == torch.float16)
     ema = ModelEmaV3(model, decay=float(tcfg.ema.decay), use_warmup=bool(tcfg.ema.warmup)) if tcfg.ema.enabled else None
     # Fine-tuning may train only the classifier at first (after the optimizer has all parameters).
-    frozen = epoch < int(tcfg.get("freeze_backbone_epochs") or 0)
+    frozen = epoch < int(tcfg.freeze_backbone_epochs)
     finetune.set_backbone_frozen(model, frozen)
     train_model = training_wrapper(model, ctx.dist_info, device, bool(tcfg.compile))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=float(cfg.optim.label_smoothing))

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from .. import distributed, finetune
 from ..checkpoint import Checkpointer
 from ..complexity import format_count, measure_complexity
+from ..config import validate
 from ..data import DataBundle, build_data
 from ..errors import UserError
 from ..model import ModelArgs, build_model
@@ -31,6 +32,7 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict:
 
     Raises `Preempted` after writing a checkpoint when SIGUSR1/SIGUSR2/SIGTERM arrives.
     """
+    validate(cfg)  # the schema's ranges and rules, also for a config built in Python
     with StopRequest() as stop:
         return _fit(cfg, Path(run_dir), stop)
 
@@ -39,19 +41,14 @@ def _fit(cfg: DictConfig, run_dir: Path, stop: StopRequest) -> dict:
     tcfg = cfg.trainer
     ctx = start_process(cfg, run_dir)
     run_dir, dist_info, device = ctx.run_dir, ctx.dist_info, ctx.device
-    if tcfg.get("sync_bn") and dist_info.enabled and device.type != "cuda":
+    if tcfg.sync_bn and dist_info.enabled and device.type != "cuda":
         raise UserError("trainer.sync_bn=true needs CUDA devices (PyTorch's SyncBatchNorm has no CPU kernel): "
                         "drop it for CPU runs")
 
     init = finetune.load_init(cfg)  # model.init: its architecture, and below its weights
     model, args = build_model(cfg.model)
     complexity = measure_complexity(model, args.resolution)
-    epochs = int(tcfg.epochs)
-    if epochs < 1:
-        raise UserError(f"trainer.epochs={epochs} must be >= 1")
-    accum = int(tcfg.accum_steps)
-    if accum < 1:
-        raise UserError(f"trainer.accum_steps={accum} must be >= 1")
+    epochs, accum = int(tcfg.epochs), int(tcfg.accum_steps)  # ranges checked by the schema (fit's validate)
     ckpt_path = resume_path(tcfg, run_dir)
     ckpt = read_resume_checkpoint(ckpt_path, args, cfg)
     if ckpt is not None and ckpt["epoch"] >= epochs:
@@ -185,7 +182,7 @@ class Trainer:
                 "optimizer": self.cfg.optim.name, "batch_size": int(self.cfg.data.batch_size), "epochs": self.epochs}
 
     def _unfreeze_when_due(self) -> None:
-        p, freeze_epochs = self.parts, int(self.cfg.trainer.get("freeze_backbone_epochs") or 0)
+        p, freeze_epochs = self.parts, int(self.cfg.trainer.freeze_backbone_epochs)
         if not p.frozen_backbone or self.state.epoch < freeze_epochs:
             return
         log.info("epoch %d: the backbone trains from now on (trainer.freeze_backbone_epochs=%d)",
