@@ -24,12 +24,17 @@ from .errors import UserError
 FREE_MODEL_KEYS = {"resolution"}
 
 
-def eval_config(ckpt: dict, items: list[str]) -> tuple[DictConfig, DictConfig]:
-    """(the checkpoint's config with the overrides applied, mobilenet-eval's own options)."""
+def eval_items(items: list[str]) -> tuple[DictConfig, list[str]]:
+    """(mobilenet-eval's own options, the config overrides), data.batch_size read as the eval batch."""
     opts, rest = parse_options(EvalOptions, list(items), others=True)
-    # In eval, the batch asked for is the eval batch.
     rest = [f"data.eval_batch_size={line.partition('=')[2]}" if line.startswith("data.batch_size=") else line
             for line in rest]
+    return opts, rest
+
+
+def eval_config(ckpt: dict, items: list[str]) -> tuple[DictConfig, DictConfig]:
+    """(the checkpoint's config with the overrides applied, mobilenet-eval's own options)."""
+    opts, rest = eval_items(items)
     stored = ckpt["model_args"]
     for o in parse_overrides(rest):
         name = o.key_or_group.removeprefix("model.")
@@ -40,6 +45,16 @@ def eval_config(ckpt: dict, items: list[str]) -> tuple[DictConfig, DictConfig]:
     cfg = apply_overrides(typed_config(ckpt["config"]), rest)
     cfg.trainer.device = opts.device
     return cfg, opts
+
+
+def evaluate_file(path: str, items: list[str]) -> dict:
+    """An exported .onnx, .pte or .tflite file in its own runtime (deploy/score.py)."""
+    from .deploy.score import score_file
+
+    opts, rest = eval_items(items)
+    if opts.use_ema:
+        raise UserError("use_ema=true applies to checkpoints; an exported file holds one set of weights")
+    return score_file(path, opts, rest)
 
 
 def evaluate_checkpoint(ckpt_path: str, items: list[str]) -> dict:

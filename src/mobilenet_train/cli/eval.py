@@ -1,4 +1,5 @@
-"""`mobilenet-eval CKPT [key=value ...]`: score a checkpoint, print and write eval.json."""
+"""`mobilenet-eval CKPT|FILE.onnx|FILE.pte|FILE.tflite [key=value ...]`: score a checkpoint or an exported
+file (in its own runtime), print and write eval.json."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ PROG = "mobilenet-eval"
 
 
 def _print(r: dict) -> None:
-    print(f"checkpoint  {r['checkpoint']}{' (EMA weights)' if r['use_ema'] else ''}")
+    if "file" in r:
+        print(f"file        {r['file']}: {r['format']} {r['quantization']}, run by {r['runtime']}")
+    else:
+        print(f"checkpoint  {r['checkpoint']}{' (EMA weights)' if r['use_ema'] else ''}")
     print(f"model       MobileNet v1 {r['variant']} alpha={r['alpha']} resolution={r['resolution']}: "
           f"{r['params'] / 1e6:.2f}M params, {r['mult_adds'] / 1e6:.1f}M mult-adds")
     print(f"data        {r['dataset']} {r['split']} ({r['num_images']} images, eval preset {r['eval_preset']})")
@@ -26,19 +30,24 @@ def _print(r: dict) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Evaluate a mobilenet-train checkpoint on its validation data (rebuilt from the checkpoint).",
+        description="Evaluate a mobilenet-train checkpoint on its validation data (rebuilt from the checkpoint), "
+                    "or an exported .onnx, .pte or .tflite file in its own runtime (preprocessing from the file; "
+                    "Google's .tflite files too).",
         epilog="overrides: any key of the checkpoint's config, as for mobilenet-train (data.root=..., "
                "data=imagenet_shards, data.batch_size=..., data.eval_preset=tf, model.resolution=...), and\n"
                + options_help(PROG),
     )
-    parser.add_argument("checkpoint", help="a checkpoint written by mobilenet-train or mobilenet-import")
+    parser.add_argument("checkpoint", help="a checkpoint written by mobilenet-train or mobilenet-import, or an "
+                                           "exported .onnx, .pte or .tflite file")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     ns = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        from ..evaluation import evaluate_checkpoint
+        from ..deploy.score import is_exported
+        from ..evaluation import evaluate_checkpoint, evaluate_file
 
-        result = evaluate_checkpoint(ns.checkpoint, ns.overrides)
+        score = evaluate_file if is_exported(ns.checkpoint) else evaluate_checkpoint
+        result = score(ns.checkpoint, ns.overrides)
     except UserError as e:
         fail(PROG, e)
     _print(result)

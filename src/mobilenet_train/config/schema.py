@@ -237,6 +237,8 @@ class EvalOptions:
     device: str = key("auto", "auto | cpu | cuda | cuda:N", example="cpu")
     amp: str = key("none", "autocast: none | bf16 | fp16 (CUDA)", choices=("none", "bf16", "fp16"))
     progress: str = key("auto", "progress bar: auto | true | false", choices=("auto", "true", "false"))
+    threads: int = key(0, "exported files (.onnx, .pte, .tflite): the runtime's threads (0: all cores)", ge=0,
+                       le=1024, example=1)
 
 
 @dataclass
