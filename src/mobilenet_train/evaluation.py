@@ -19,6 +19,9 @@ from .config.schema import EvalOptions
 from .data import DevicePreprocess, build_data
 from .engine import autocast_dtype, evaluate, progress_enabled, resolve_device
 from .errors import UserError
+from .model import MobileNetV1, ModelArgs
+from .qat import is_qat
+from .qat import model_from_checkpoint as qat_model
 
 # Model settings an evaluation may change without contradicting the checkpoint.
 FREE_MODEL_KEYS = {"resolution"}
@@ -57,15 +60,24 @@ def evaluate_file(path: str, items: list[str]) -> dict:
     return score_file(path, opts, rest)
 
 
+def _model(ckpt: dict, use_ema: bool):
+    """The checkpoint's model: float, or fake-quantized as a QAT run trained it (qat.py)."""
+    if not is_qat(ckpt):
+        return model_from_checkpoint(ckpt, use_ema=use_ema)
+    if use_ema:
+        raise UserError("use_ema=true is not available for QAT checkpoints: evaluate the trained weights")
+    return qat_model(ckpt), ModelArgs(**ckpt["model_args"])
+
+
 def evaluate_checkpoint(ckpt_path: str, items: list[str]) -> dict:
     """Evaluate, write eval.json (atomically) and return its content plus `out`."""
     ckpt = load_checkpoint(ckpt_path)
     cfg, opts = eval_config(ckpt, items)
     device = resolve_device(str(opts.device))
     amp = autocast_dtype(opts.amp, device)
-    model, args = model_from_checkpoint(ckpt, use_ema=opts.use_ema)
+    model, args = _model(ckpt, opts.use_ema)
     resolution = int(cfg.model.resolution)
-    complexity = measure_complexity(model, resolution)
+    complexity = measure_complexity(MobileNetV1(args), resolution)
     data = build_data(cfg, resolution, train=False, pin_memory=device.type == "cuda")
     if ckpt.get("classes") and list(ckpt["classes"]) != data.classes:
         raise UserError(f"the evaluation data's classes differ from the checkpoint's ({len(data.classes)} vs "

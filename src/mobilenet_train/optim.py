@@ -32,7 +32,10 @@ def param_kind(module: nn.Module, name: str) -> str:
 
 
 def classify_params(model: nn.Module) -> dict[str, str]:
-    """Parameter name -> kind, for every trainable parameter."""
+    """Parameter name -> kind, for every trainable parameter. A captured graph (qat.QatModel) has lost its
+    module types and carries the kinds of the model it was captured from."""
+    if hasattr(model, "param_kinds"):
+        return {name: model.param_kinds[name] for name, p in model.named_parameters() if p.requires_grad}
     kinds = {}
     for module_name, module in model.named_modules():
         for name, p in module.named_parameters(recurse=False):

@@ -33,12 +33,13 @@ def report(r: ExportResult) -> None:
           f"{r.out} ({r.size_bytes / 1e6:.2f} MB)")
     if r.calibration:
         print(f"calibrated  on {r.calibration}")
-    print(f"checked     in its runtime on {r.inputs}: max relative logit error {v['max_rel_error']:.2g}, "
+    against = " against the fake-quantized QAT model" if v.get("reference") == "fake-quantized" else ""
+    print(f"checked     in its runtime{against} on {r.inputs}: max relative logit error {v['max_rel_error']:.2g}, "
           f"min cosine {v['min_cosine']:.4f}, top-1 agreement {100 * v['top1_agreement']:.0f}%")
     if r.accuracy:
         a = r.accuracy
         print(f"accuracy    {a['num_images']} images of {a['eval_dir']}: "
-              f"PyTorch fp32 top-1 {a['pytorch_fp32_top1']:.2f}%, "
+              f"PyTorch {'fake-quantized' if against else 'fp32'} top-1 {a['pytorch_fp32_top1']:.2f}%, "
               f"exported {a['exported_top1']:.2f}% ({a['top1_change']:+.2f} points)")
 
 

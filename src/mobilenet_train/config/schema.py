@@ -202,6 +202,20 @@ class TrainerConfig:
                               ge=1, example=300)
 
 
+# ----------------------------------------------------------------------------- quantization-aware training
+
+
+@dataclass
+class QatConfig:
+    enabled: bool = key(False, "fine-tune with fake quantization in the graph (PT2E QAT; see +experiment=qat)")
+    target: str = key("tflite", "the int8 export whose quantizer is trained for: tflite (litert-torch's) | "
+                      "executorch, onnx (XNNPACK's)", choices=("tflite", "executorch", "onnx"))
+    freeze_bn_steps: int = key(200, "BN statistics stay fixed (BN folded with its running statistics) once this "
+                               "many optimizer steps are done (0: from the start)", ge=0, example=200)
+    freeze_observer_steps: int = key(400, "activation and weight ranges stay fixed once this many optimizer steps "
+                                     "are done (0: from the start)", ge=0, example=400)
+
+
 # ----------------------------------------------------------------------------- the whole config
 
 
@@ -214,6 +228,7 @@ class TrainConfig:
     optim: OptimConfig = section(OptimConfig, "the optimizer (optim= options)")
     sched: SchedConfig = section(SchedConfig, "the learning-rate schedule (sched= options)")
     trainer: TrainerConfig = section(TrainerConfig, "the training loop (trainer= options)")
+    qat: QatConfig = section(QatConfig, "quantization-aware training (+experiment=qat)")
     seed: int = key(0, "seed of everything: weights, sampling, augmentation (per sample), dropout", ge=0,
                     le=2**32 - 1, example=0)
     run_name: str = key("mobilenet_v1", "a readable name for the run: the default run dir and TensorBoard",
@@ -441,4 +456,14 @@ def _resume_value(cfg) -> None:
         raise UserError("trainer.resume is empty: use auto, none, or a path to a checkpoint, e.g. trainer.resume=none")
 
 
-CROSS_CHECKS: tuple[Callable, ...] = (_crop_ratio_ordered, _shards_format, _device_name, _resume_value)
+def _qat_alone(cfg) -> None:
+    """QAT trains a captured graph: no module tree to freeze, compile or convert to SyncBatchNorm."""
+    if not cfg.qat.enabled:
+        return
+    for name, value in (("trainer.freeze_backbone_epochs", cfg.trainer.freeze_backbone_epochs),
+                        ("trainer.compile", cfg.trainer.compile), ("trainer.sync_bn", cfg.trainer.sync_bn)):
+        if value:
+            raise UserError(f"qat.enabled=true does not combine with {name}={str(value).lower()}: drop it")
+
+
+CROSS_CHECKS: tuple[Callable, ...] = (_crop_ratio_ordered, _shards_format, _device_name, _resume_value, _qat_alone)

@@ -33,6 +33,16 @@ def write(model: nn.Module, path: Path, meta: dict, example: torch.Tensor, calib
         quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
         model = pt2e_int8(model, example, quantizer, relu6_fuses_like_relu(xnnpack_quantizer_utils), calibration,
                           max_batch, dynamic_shapes=shapes)
+    _lower(model, path, meta, example, shapes)
+
+
+def write_converted(converted: nn.Module, path: Path, meta: dict, example: torch.Tensor, max_batch: int) -> None:
+    """An already quantised PT2E graph (a QAT model after convert_pt2e, its trained ranges) lowered to XNNPACK."""
+    shapes = {"x": {0: torch.export.Dim("batch", min=1, max=max(max_batch, EXAMPLE_BATCH))}}
+    _lower(converted, path, meta, example, shapes)
+
+
+def _lower(model: nn.Module, path: Path, meta: dict, example: torch.Tensor, shapes: dict) -> None:
     with torch.no_grad():
         program = torch.export.export(model, (example,), dynamic_shapes=shapes)
     constants = {"preprocessing_json": torch.tensor(list(json.dumps(meta).encode()), dtype=torch.uint8),

@@ -10,6 +10,7 @@ only then moved into place. int8: the biases are first corrected for the weights
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from dataclasses import dataclass
@@ -20,12 +21,13 @@ import torch
 from ..checkpoint import load_checkpoint
 from ..config.schema import ExportOptions
 from ..errors import UserError
+from ..qat import is_qat
 from . import formats
 from .formats import FORMATS
 from .inputs import checked, data_config, folder_images, labelled_folder, preprocessing, sample_inputs, spread
 from .prepare import deploy_model, example_input
 from .quantize import correct_int8_bias
-from .verify import INT8_MIN_COSINE, accuracy_on, verify
+from .verify import INT8_MIN_COSINE, accuracy_on, verify, verify_qat
 
 log = logging.getLogger("mobilenet_train")
 
@@ -93,9 +95,13 @@ def export(ckpt_path: str, fmt: str, quantize: str | None = None, out: str | Non
     out_path = Path(out) if out else default_out(ckpt_path, fmt, quantize)
     check_out(out_path, fmt)
     labelled = labelled_folder(eval_dir, ckpt, data) if eval_dir is not None else None
-    if quantize and calibration is not None:
+    if is_qat(ckpt):
+        quantize = check_qat_request(ckpt, fmt, quantize, calibration)
+    elif quantize and calibration is not None:
         folder_images(calibration, "calibration")
     # Every option is checked: from here on, the work.
+    if is_qat(ckpt):
+        return export_qat(ckpt_path, ckpt, fmt, out_path, data, labelled, num_verify, max_batch)
     model = deploy_model(ckpt)
     inputs, inputs_from = sample_inputs(ckpt, num_verify, data=data)
     calib, calib_from = None, None
@@ -128,6 +134,57 @@ def export(ckpt_path: str, fmt: str, quantize: str | None = None, out: str | Non
             tmp.unlink()
     return ExportResult(out=str(out_path), format=fmt, precision=quantize or "fp32", verification=check,
                         inputs=inputs_from, calibration=calib_from, accuracy=accuracy,
+                        size_bytes=out_path.stat().st_size)
+
+
+# The quantizer each format's int8 uses (qat.py trains with the one of qat.target).
+QUANTIZER = {"tflite": "litert-torch's PT2EQuantizer", "executorch": "XNNPACKQuantizer", "onnx": "XNNPACKQuantizer"}
+
+
+def check_qat_request(ckpt: dict, fmt: str, quantize: str | None, calibration: str | None) -> str:
+    """A QAT checkpoint exports int8 with its trained ranges, for the quantizer it was trained with."""
+    target = ckpt["config"]["qat"]["target"]
+    if calibration is not None:
+        raise UserError("a QAT checkpoint carries its trained ranges and is not calibrated again: drop calibration=")
+    if QUANTIZER[fmt] != QUANTIZER[target]:
+        raise UserError(f"this QAT checkpoint was trained for qat.target={target} ({QUANTIZER[target]}): export it "
+                        f"with --format {target}, or train with qat.target={fmt}")
+    return quantize or "int8"
+
+
+def export_qat(ckpt_path: Path, ckpt: dict, fmt: str, out_path: Path, data, labelled, num_verify: int,
+               max_batch: int) -> ExportResult:
+    """The int8 file of a QAT checkpoint: its fake-quantized graph converted (convert_pt2e, the trained
+    ranges), written by the format's converter, checked against the fake-quantized model."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    from ..qat import model_from_checkpoint
+
+    fake_quantized = model_from_checkpoint(ckpt)
+    inputs, inputs_from = sample_inputs(ckpt, num_verify, data=data)
+    module = formats.load(fmt)
+    meta = {**preprocessing(ckpt, data), "precision": "int8", "quantization": "qat", "format": fmt,
+            "checkpoint": str(ckpt_path.resolve()), "exported_by": PROG}
+    if fmt == "executorch":
+        meta["max_batch"] = max_batch
+    else:
+        max_batch = RUN_BATCH
+    if module.EXAMPLE_BATCH == 1:
+        meta["batch"] = 1
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.stem}.tmp{os.getpid()}{out_path.suffix}")
+    try:
+        converted = convert_pt2e(copy.deepcopy(fake_quantized.qat), fold_quantize=fmt != "tflite")
+        module.write_converted(converted, tmp, meta, example_input(ckpt, batch=module.EXAMPLE_BATCH), max_batch)
+        check = verify_qat(fmt, tmp, fake_quantized, inputs, max_batch)
+        accuracy = accuracy_on(labelled, data, fake_quantized, formats.runner(fmt, tmp), max_batch) \
+            if labelled else None
+        os.replace(tmp, out_path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return ExportResult(out=str(out_path), format=fmt, precision="int8", verification=check, inputs=inputs_from,
+                        calibration="no images (the QAT checkpoint's trained ranges)", accuracy=accuracy,
                         size_bytes=out_path.stat().st_size)
 
 

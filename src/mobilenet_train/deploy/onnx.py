@@ -41,6 +41,17 @@ def write(model: nn.Module, path: Path, meta: dict, example: torch.Tensor, calib
     write_metadata(path, meta)
 
 
+def write_converted(converted: nn.Module, path: Path, meta: dict, example: torch.Tensor, max_batch: int) -> None:
+    """An already quantised PT2E graph (a QAT model after convert_pt2e, its trained ranges) as ONNX: its
+    quantize/dequantize pairs become QuantizeLinear/DequantizeLinear (QDQ, as quantize_static writes)."""
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with torch.no_grad():
+        program = torch.onnx.export(converted, (example,), dynamo=True, dynamic_shapes={"x": {0: batch}},
+                                    input_names=["input"], output_names=["logits"], optimize=True, verbose=False)
+    program.save(str(path))
+    write_metadata(path, meta)
+
+
 def write_metadata(path: Path, meta: dict) -> None:
     proto = onnx.load(str(path))
     flat = {key: json.dumps(meta[key]) if isinstance(meta[key], list) else meta[key] for key in FLAT_KEYS}

@@ -47,6 +47,15 @@ def write(model: nn.Module, path: Path, meta: dict, example: torch.Tensor, calib
     path.write_bytes(with_metadata(edge.model_content(), meta))
 
 
+def write_converted(converted: nn.Module, path: Path, meta: dict, example: torch.Tensor, max_batch: int) -> None:
+    """An already quantised PT2E graph (a QAT model after convert_pt2e, its trained ranges) through
+    Google's converter as int8, preprocessing in the metadata."""
+    quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    with torch.no_grad():
+        edge = litert_torch.convert(converted, (example,), quant_config=QuantConfig(pt2e_quantizer=quantizer))
+    path.write_bytes(with_metadata(edge.model_content(), meta))
+
+
 def with_metadata(content: bytes, meta: dict) -> bytearray:
     """The flatbuffer with the preprocessing JSON added to its metadata table."""
     flat = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))

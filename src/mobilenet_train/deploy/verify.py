@@ -20,6 +20,9 @@ from .inputs import eval_batches
 
 FP32_TOLERANCE = 1e-4
 INT8_MIN_COSINE = 0.9
+# An export of a QAT model computes what its fake-quantized graph computes, up to the kernels' rounding of
+# the requantisation: a few steps of the int8 output (one step is about 1/128 of the largest logit).
+QAT_TOLERANCE = 0.04
 
 
 def compare(got: np.ndarray, want: np.ndarray, tolerance: float) -> dict:
@@ -67,6 +70,25 @@ def verify(fmt: str, path: Path, model: nn.Module, inputs: torch.Tensor, quantiz
     else:
         return {**c, "num_images": len(inputs)}
     raise UserError(f"the exported {fmt} model does not match PyTorch: {what}; nothing written")
+
+
+def verify_qat(fmt: str, path: Path, fake_quantized: nn.Module, inputs: torch.Tensor, max_batch: int) -> dict:
+    """An export of a QAT checkpoint against its fake-quantized PyTorch model: logits within QAT_TOLERANCE
+    relative, and the same top-1 on every image (near-ties within the tolerance aside)."""
+    with torch.no_grad():
+        want = fake_quantized(inputs).numpy()
+    got = _run(fmt, path, inputs, max_batch)
+    if got.shape != want.shape or not np.isfinite(got).all():
+        raise UserError(f"the exported {fmt} model returns {got.shape} logits where the fake-quantized model "
+                        f"returns {want.shape}; nothing written")
+    c = compare(got, want, QAT_TOLERANCE)
+    if c["max_rel_error"] > QAT_TOLERANCE:
+        what = f"logits differ by {c['max_rel_error']:.2g} relative (tolerance {QAT_TOLERANCE:g})"
+    elif c["top1_differs"]:
+        what = f"top-1 differs on image(s) {c['top1_differs']}"
+    else:
+        return {**c, "num_images": len(inputs), "reference": "fake-quantized"}
+    raise UserError(f"the exported {fmt} model does not match the fake-quantized QAT model: {what}; nothing written")
 
 
 def accuracy_on(dataset, data, model: nn.Module, run, batch: int) -> dict:

@@ -48,6 +48,9 @@ def read_resume_checkpoint(path: Path | None, args: ModelArgs, cfg: DictConfig) 
 def _check_resume_matches(ckpt: dict, args: ModelArgs, cfg: DictConfig, path: Path) -> None:
     stored = {**ModelArgs().to_dict(), **ckpt["model_args"]}  # keys added since count as their defaults
     diffs = [f"model.{k}={stored.get(k)} (config: {v})" for k, v in args.to_dict().items() if stored.get(k) != v]
+    stored_qat = bool(ckpt["config"].get("qat", {}).get("enabled"))
+    if stored_qat != bool(cfg.qat.enabled):
+        diffs.append(f"qat.enabled={str(stored_qat).lower()} (config: {str(bool(cfg.qat.enabled)).lower()})")
     stored_optim = ckpt["config"].get("optim", {}).get("name")
     if stored_optim != cfg.optim.name:
         diffs.append(f"optim={stored_optim} (config: {cfg.optim.name})")

@@ -129,14 +129,33 @@ class TrainParts:
     frozen_backbone: bool = False  # fine-tuning: only the classifier trains
 
 
+def _qat_model(cfg: DictConfig, model: nn.Module, weights: dict | None, init: dict | None, step: int) -> nn.Module:
+    """QAT: the float model (model.init's weights) captured and prepared, then a resumed run's state
+    and the freezing due at `step`."""
+    from .. import qat
+
+    if init is not None:
+        if qat.is_qat(init):
+            raise UserError(f"model.init={cfg.model.init} is a QAT checkpoint: start QAT from a float checkpoint "
+                            f"(or resume the QAT run with trainer.resume=PATH)")
+        finetune.load_init_weights(model, init, cfg.model.init)
+    model = qat.prepare(model, cfg.qat)
+    if weights is not None:
+        model.load_state_dict(weights)
+    qat.apply_freezing(model, step, cfg.qat)
+    return model
+
+
 def build_parts(cfg: DictConfig, ctx: TrainContext, model: nn.Module, weights: dict | None, init: dict | None,
-                epoch: int, epochs: int, steps_per_epoch: int) -> TrainParts:
+                epoch: int, epochs: int, steps_per_epoch: int, step: int = 0) -> TrainParts:
     """The parts for training `model` from `weights` (a resumed run's), else from `init` (model.init).
 
     The weights go in before anything copies the model: the EMA starts from them.
     """
     tcfg, device = cfg.trainer, ctx.device
-    if weights is not None:
+    if cfg.qat.enabled:
+        model = _qat_model(cfg, model, weights, init, step)
+    elif weights is not None:
         model.load_state_dict(weights)
     elif init is not None:
         finetune.load_init_weights(model, init, cfg.model.init)
@@ -151,7 +170,8 @@ def build_parts(cfg: DictConfig, ctx: TrainContext, model: nn.Module, weights: d
     ema = ModelEmaV3(model, decay=float(tcfg.ema.decay), use_warmup=bool(tcfg.ema.warmup)) if tcfg.ema.enabled else None
     # Fine-tuning may train only the classifier at first (after the optimizer has all parameters).
     frozen = epoch < int(tcfg.freeze_backbone_epochs)
-    finetune.set_backbone_frozen(model, frozen)
+    if not cfg.qat.enabled:  # QAT refuses freeze_backbone_epochs (config schema): no module tree to freeze
+        finetune.set_backbone_frozen(model, frozen)
     train_model = training_wrapper(model, ctx.dist_info, device, bool(tcfg.compile))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=float(cfg.optim.label_smoothing))
     prep = DevicePreprocess(cfg.data.normalization, device, bool(tcfg.channels_last))

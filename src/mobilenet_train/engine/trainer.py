@@ -61,7 +61,8 @@ def _fit(cfg: DictConfig, run_dir: Path, stop: StopRequest) -> dict:
         raise UserError(f"one epoch has fewer than trainer.accum_steps={accum} batches: lower it or data.batch_size")
 
     state = resumed_state(ckpt, dist_info, ckpt_path)
-    parts = build_parts(cfg, ctx, model, ckpt["model"] if ckpt else None, init, state.epoch, epochs, steps_per_epoch)
+    parts = build_parts(cfg, ctx, model, ckpt["model"] if ckpt else None, init, state.epoch, epochs, steps_per_epoch,
+                        state.step)
     epoch_totals = restore(ckpt, parts, state, dist_info)
     logger = RunLogger(run_dir, cfg, dist_info.is_main, ctx.progress, state.epoch if ckpt is not None else None)
     _announce(cfg, ctx, args, complexity, data, steps_per_epoch)
@@ -134,6 +135,10 @@ class Trainer:
                                epoch_totals=self.epoch_totals)
 
     def _after_step(self) -> None:
+        if self.cfg.qat.enabled:
+            from ..qat import apply_freezing
+
+            apply_freezing(self.parts.model, self.state.step, self.cfg.qat)
         if self.checkpointer.step_due(self.state.step):
             self._save(False)
 
