@@ -202,6 +202,22 @@ class TrainerConfig:
                               ge=1, example=300)
 
 
+# ----------------------------------------------------------------------------- distillation
+
+
+@dataclass
+class DistillConfig:
+    teacher: str | None = key(None, "knowledge distillation from this teacher: a toolkit checkpoint (trained or "
+                                 "mobilenet-import'ed) or timm:NAME (with distill.teacher_weights); null: none",
+                              example="teacher.pt")
+    teacher_weights: str | None = key(None, "distill.teacher=timm:NAME: its local weights file (.safetensors, "
+                                         ".pth); never downloaded", example="resnet50.safetensors")
+    alpha: float = key(0.5, "weight of the distillation loss; the label loss gets 1 - alpha (1: pure function "
+                       "matching, labels unused)", ge=0, le=1, example=0.5)
+    temperature: float = key(1.0, "softmax temperature T of the KL loss (scaled by T^2, as timm's logit "
+                             "distillation)", gt=0, le=100, example=4.0)
+
+
 # ----------------------------------------------------------------------------- the whole config
 
 
@@ -214,6 +230,7 @@ class TrainConfig:
     optim: OptimConfig = section(OptimConfig, "the optimizer (optim= options)")
     sched: SchedConfig = section(SchedConfig, "the learning-rate schedule (sched= options)")
     trainer: TrainerConfig = section(TrainerConfig, "the training loop (trainer= options)")
+    distill: DistillConfig = section(DistillConfig, "knowledge distillation from a teacher (distill.teacher=...)")
     seed: int = key(0, "seed of everything: weights, sampling, augmentation (per sample), dropout", ge=0,
                     le=2**32 - 1, example=0)
     run_name: str = key("mobilenet_v1", "a readable name for the run: the default run dir and TensorBoard",
@@ -439,4 +456,18 @@ def _resume_value(cfg) -> None:
         raise UserError("trainer.resume is empty: use auto, none, or a path to a checkpoint, e.g. trainer.resume=none")
 
 
-CROSS_CHECKS: tuple[Callable, ...] = (_crop_ratio_ordered, _shards_format, _device_name, _resume_value)
+def _teacher_weights(cfg) -> None:
+    d = cfg.get("distill")
+    if d is None:
+        return
+    timm_teacher = str(d.teacher or "").startswith("timm:")
+    if timm_teacher and not d.teacher_weights:
+        raise UserError(f"distill.teacher={d.teacher} needs its weights as a local file (nothing is downloaded): "
+                        f"pass distill.teacher_weights=FILE, e.g. distill.teacher_weights=model.safetensors")
+    if d.teacher_weights and not timm_teacher:
+        raise UserError(f"distill.teacher_weights={d.teacher_weights} is only read for distill.teacher=timm:NAME "
+                        f"(a toolkit checkpoint holds its own weights): drop it, or set distill.teacher=timm:NAME")
+
+
+CROSS_CHECKS: tuple[Callable, ...] = (_crop_ratio_ordered, _shards_format, _device_name, _resume_value,
+                                      _teacher_weights)

@@ -8,6 +8,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
@@ -127,13 +128,15 @@ class TrainParts:
     amp: torch.dtype | None
     ema: ModelEmaV3 | None
     frozen_backbone: bool = False  # fine-tuning: only the classifier trains
+    distill: Any = None            # a distill.Distiller when distill.teacher is set
 
 
 def build_parts(cfg: DictConfig, ctx: TrainContext, model: nn.Module, weights: dict | None, init: dict | None,
-                epoch: int, epochs: int, steps_per_epoch: int) -> TrainParts:
+                epoch: int, epochs: int, steps_per_epoch: int, distill=None) -> TrainParts:
     """The parts for training `model` from `weights` (a resumed run's), else from `init` (model.init).
 
-    The weights go in before anything copies the model: the EMA starts from them.
+    The weights go in before anything copies the model: the EMA starts from them. `distill`: the
+    teacher and its loss (engine/distill.py), or None.
     """
     tcfg, device = cfg.trainer, ctx.device
     if weights is not None:
@@ -155,7 +158,7 @@ def build_parts(cfg: DictConfig, ctx: TrainContext, model: nn.Module, weights: d
     train_model = training_wrapper(model, ctx.dist_info, device, bool(tcfg.compile))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=float(cfg.optim.label_smoothing))
     prep = DevicePreprocess(cfg.data.normalization, device, bool(tcfg.channels_last))
-    return TrainParts(model, train_model, optimizer, scheduler, scaler, loss_fn, prep, ctx.amp, ema, frozen)
+    return TrainParts(model, train_model, optimizer, scheduler, scaler, loss_fn, prep, ctx.amp, ema, frozen, distill)
 
 
 def training_wrapper(model: nn.Module, dist_info: distributed.DistInfo, device: torch.device,
