@@ -16,7 +16,7 @@ from mobilenet_train.config.schema import COMMAND_OPTIONS, TrainConfig, type_nam
 from mobilenet_train.errors import UserError
 
 # Free-form strings have no type or range to break; these are what their own rules refuse.
-EXTRA_BAD = {"trainer.device": ["gpu0", "cuda:x"], "trainer.resume": ["' '"]}
+EXTRA_BAD = {"trainer.device": ["gpu0", "cuda:x"], "trainer.resume": ["' '"], "data.auto_augment": ["ra", "bogus"]}
 
 
 def bad_values(f) -> list[str]:

@@ -160,11 +160,13 @@ def _forward_backward(parts: TrainParts, images, targets, accum: int, meter: Met
     p, device = parts, parts.prep.device
     x = p.prep(images)
     y = targets.to(device, non_blocking=True)
+    # Random erasing and mixup/cutmix on the device; `target` is soft when mixing (top-1 counts `y`).
+    x, target = p.batch_augment(x, y) if p.batch_augment is not None else (x, y)
     # DDP: all-reduce gradients only on the micro-batch that completes the step.
     with p.train_model.no_sync() if no_sync else contextlib.nullcontext():
         with autocast(device, p.amp):
             logits = p.train_model(x)
-            loss = training_loss(p, logits, x, y)
+            loss = training_loss(p, logits, x, target)
         p.scaler.scale(loss / accum).backward()
     meter.add(loss, logits, y)
 
