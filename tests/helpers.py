@@ -257,7 +257,7 @@ def diverge_on_rank_one(rank: int, port: int, results) -> None:
 TRAINING_CHECKPOINT_KEYS = {
     "format", "format_version", "model", "model_args", "config", "classes", "complexity", "metrics",
     "epoch", "step", "batches_done", "best_val_top1", "best_epoch", "finished", "optimizer", "scheduler",
-    "scaler", "ema", "rng", "rng_per_rank", "world_size", "epoch_totals_per_rank",
+    "scaler", "ema", "rng", "rng_per_rank", "world_size", "epoch_totals_per_rank", "teacher",
 }
 
 
@@ -307,3 +307,18 @@ def tflite_operators(path) -> list[tuple[str, object, object]]:
 
 def tflite_ops(path) -> dict:
     return Counter(name for name, _, _ in tflite_operators(path))
+
+
+def tb_hparams(run_dir: Path) -> dict:
+    """The HParams summary of a run's TensorBoard dir: {name: HParam value proto}."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    acc = EventAccumulator(str(run_dir / "tb"))
+    acc.Reload()
+    hparams = {}
+    for raw in acc.PluginTagToContent("hparams").values():
+        data = plugin_data_pb2.HParamsPluginData.FromString(raw)
+        if data.HasField("session_start_info"):
+            hparams = dict(data.session_start_info.hparams.items())
+    return hparams

@@ -90,3 +90,16 @@ def test_preflight_checks_every_swept_value(capsys):
     preflight(["+experiment=paper_grid"])  # without -m: one run, and a note saying so
     err = capsys.readouterr().err
     assert "only with -m" in err and "model.alpha=1.0, model.resolution=224" in err
+
+
+def test_modern_recipes_scale_their_rate_with_the_global_batch(compose):
+    from mobilenet_train.optim import scaled_lr
+
+    ra4 = compose("+experiment=ra4", "data.batch_size=1024")
+    assert (ra4.optim.name, list(ra4.optim.betas), ra4.optim.weight_decay, ra4.model.dropout) == (
+        "adamw", [0.6, 0.999], 0.01, 0.3)
+    assert (ra4.data.auto_augment, ra4.optim.label_smoothing, ra4.trainer.ema.decay) == ("rand-m9-mstd0.5", 0.1, 0.9999)
+    assert ra4.trainer.epochs == 3600 and scaled_lr(ra4.optim, 1024) == pytest.approx(0.002 / 2)  # sqrt(1/4)
+    m500 = compose("+experiment=modern_500", "data.batch_size=1024", "trainer.epochs=300")
+    assert (m500.sched.decay_epochs, m500.sched.decay_rate, m500.model.dropout) == (2.5, 0.94, 0.2)
+    assert m500.trainer.epochs == 300 and scaled_lr(m500.optim, 1024) == pytest.approx(0.256 / 4)  # linear

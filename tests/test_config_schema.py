@@ -16,7 +16,7 @@ from mobilenet_train.config.schema import COMMAND_OPTIONS, TrainConfig, type_nam
 from mobilenet_train.errors import UserError
 
 # Free-form strings have no type or range to break; these are what their own rules refuse.
-EXTRA_BAD = {"trainer.device": ["gpu0", "cuda:x"], "trainer.resume": ["' '"]}
+EXTRA_BAD = {"trainer.device": ["gpu0", "cuda:x"], "trainer.resume": ["' '"], "data.auto_augment": ["ra", "bogus"]}
 
 
 def bad_values(f) -> list[str]:
@@ -118,7 +118,7 @@ def test_cross_field_rules():
 def test_unknown_keys_and_options_get_a_suggestion():
     with pytest.raises(UserError, match="model.alpah is not a key of the config: did you mean model.alpha"):
         compose(["model.alpah=1"])
-    with pytest.raises(UserError, match="optim=adam is not an option of optim: use one of rmsprop, sgd"):
+    with pytest.raises(UserError, match="optim=adam is not an option of optim: use one of adamw, lamb, rmsprop, sgd"):
         compose(["optim=adam"])
 
 

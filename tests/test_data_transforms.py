@@ -63,3 +63,54 @@ def test_presets_output_size_and_framing(preset, expected):
 def test_unknown_preset_is_a_user_error():
     with pytest.raises(UserError, match="data.eval_preset=nope"):
         eval_transform(data_cfg("nope"), 56)
+
+
+def _seed_all(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+@pytest.mark.parametrize("name", ["rand-m9-mstd0.5", "original", "augmix-m3-w2", "trivialaugment"])
+def test_auto_augment_is_timms_op_on_the_uint8_crop(tmp_path, name):
+    """The train transform with data.auto_augment equals the crop without it followed by timm's own op
+    (torchvision's for trivialaugment), drawn from the same seeds; the result stays uint8 CHW."""
+    import numpy as np
+    from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
+
+    from mobilenet_train.data import train_transform
+
+    path = save_jpeg(tmp_path / "a.jpg", photo(160, 120))
+    cfg = OmegaConf.structured(DataConfig(auto_augment=name, hflip=0.0))
+    plain = OmegaConf.structured(DataConfig(hflip=0.0))
+    params = {"translate_const": int(64 * 0.45), "img_mean": (128, 128, 128),
+              "interpolation": Image.Resampling.BILINEAR}
+    timm_op = {"rand-m9-mstd0.5": lambda: rand_augment_transform(name, params),
+               "original": lambda: auto_augment_transform(name, params),
+               "augmix-m3-w2": lambda: augment_and_mix_transform(name, {**params, "translate_pct": 0.3}),
+               "trivialaugment": lambda: v2.TrivialAugmentWide(interpolation=v2.InterpolationMode.BILINEAR)}[name]()
+    for seed in range(3):
+        _seed_all(seed)
+        with Image.open(path) as img:
+            ours = train_transform(cfg, 64)(img)
+        _seed_all(seed)
+        with Image.open(path) as img:
+            crop = train_transform(plain, 64)(img)
+        # the crop draws from torch only; seed python and numpy again as they were when the op started
+        state = torch.get_rng_state()
+        _seed_all(seed)
+        torch.set_rng_state(state)
+        expected = np.asarray(timm_op(Image.fromarray(crop.permute(1, 2, 0).numpy())))
+        assert ours.dtype == torch.uint8 and ours.shape == (3, 64, 64)
+        assert torch.equal(ours.permute(1, 2, 0), torch.from_numpy(np.array(expected)))
+
+
+def test_unknown_auto_augment_is_a_user_error():
+    from mobilenet_train.data import train_transform
+
+    with pytest.raises(UserError, match="data.auto_augment=rand-x9"):
+        train_transform(OmegaConf.structured(DataConfig(auto_augment="rand-x9")), 64)

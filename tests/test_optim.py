@@ -12,7 +12,8 @@ from mobilenet_train.optim import build_optimizer, build_scheduler, classify_par
 
 def _optim_cfg(**kw):
     base = dict(name="rmsprop", lr=0.045, scale_lr=True, decay=0.9, momentum=0.9, eps=1.0, weight_decay=4e-5,
-                decay_depthwise=False, decay_norm=False, decay_bias=False, label_smoothing=0.0)
+                decay_depthwise=False, decay_norm=False, decay_bias=False, label_smoothing=0.0, lr_batch=256,
+                lr_scaling="linear", betas=[0.9, 0.999])
     return OmegaConf.create({**base, **kw})
 
 
@@ -125,3 +126,25 @@ def test_cosine_schedule_reaches_min_lr():
     assert lrs[35] == pytest.approx(0.001 + 0.5 * (0.1 - 0.001) * (1 + math.cos(math.pi * 25 / 50)))
     assert lrs[60] == pytest.approx(0.001, abs=1e-6)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+
+
+def test_lr_scales_linearly_or_with_the_square_root():
+    assert scaled_lr(_optim_cfg(lr=0.256, lr_batch=4096), 1024) == pytest.approx(0.064)
+    assert scaled_lr(_optim_cfg(lr=0.002, lr_batch=4096, lr_scaling="sqrt"), 1024) == pytest.approx(0.001)
+
+
+@pytest.mark.parametrize("name", ["adamw", "lamb"])
+def test_adamw_and_lamb_are_timms_with_our_decay_groups(name):
+    from timm.optim import create_optimizer_v2
+
+    model = mobilenet_v1(alpha=0.25)
+    cfg = _optim_cfg(name=name, lr=0.002, scale_lr=False, weight_decay=0.01, decay_depthwise=True, eps=1e-8,
+                     betas=[0.6, 0.999])
+    opt = build_optimizer(model, cfg, 256)
+    assert type(opt) is type(create_optimizer_v2(model, opt=name, lr=0.002))
+    decayed, plain = opt.param_groups
+    assert (decayed["weight_decay"], plain["weight_decay"]) == (0.01, 0.0)
+    assert decayed["betas"] == (0.6, 0.999) and decayed["eps"] == 1e-8 and decayed["lr"] == 0.002
+    kinds = classify_params(model)
+    named = dict(model.named_parameters())
+    assert {id(p) for p in plain["params"]} == {id(named[n]) for n, k in kinds.items() if k in ("norm", "bias")}

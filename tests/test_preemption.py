@@ -16,9 +16,11 @@ from mobilenet_train.checkpoint import load_checkpoint
 from mobilenet_train.data import EpochSampler
 from mobilenet_train.preemption import EXIT_PREEMPTED
 
-# 240 images, batch 8: 30 steps an epoch, so a signal sent at step 3 lands mid-epoch.
+# 240 images, batch 8: 30 steps an epoch, so a signal sent at step 3 lands mid-epoch. Every augmentation
+# is on: RandAugment in the loader worker, random erasing and mixup/cutmix on the batch.
 EXACT = [*TINY, "trainer.epochs=2", "trainer.deterministic=true", "data.batch_size=8", "trainer.log_every_steps=1",
-         "data.num_workers=1", "model.dropout=0.2", "trainer.ema.enabled=true"]
+         "data.num_workers=1", "model.dropout=0.2", "trainer.ema.enabled=true", "data.auto_augment=rand-m9-mstd0.5",
+         "data.random_erasing=0.5", "data.mixup=0.2", "data.cutmix=1.0", "optim.label_smoothing=0.1"]
 
 
 def _train(run_dir, *extra, stop_at_step=None, timeout=300):

@@ -12,7 +12,7 @@ from mobilenet_train import published
 from mobilenet_train.cli.report import main as report_cli
 from mobilenet_train.complexity import complexity_of
 from mobilenet_train.model import ModelArgs
-from mobilenet_train.report import OUTPUTS, figure, find_results, write_report
+from mobilenet_train.report import OUTPUTS, PUBLISHED_STYLE, figure, find_results, write_report
 
 # TINY without its model resolution: the sweep sets it.
 SWEEP_OVERRIDES = [o for o in TINY if not o.startswith(("+experiment=", "model.resolution="))]
@@ -230,3 +230,10 @@ def test_published_data_file():
     assert {(p.model, p.top1) for p in paper if p.table in ("4", "5")} == {
         ("Conv MobileNet", 71.7), ("MobileNet", 70.6), ("0.75 MobileNet", 68.4), ("Shallow MobileNet", 65.3)}
     assert all(s["url"].startswith("https://") for s in published.data()["sources"].values())
+
+
+def test_modern_recipes_are_published_points():
+    timm = {(p.alpha, p.resolution): p.top1 for p in published.results("timm")}
+    assert timm == {(1.0, 224): 75.38, (1.0, 256): 76.09, (1.25, 224): 76.92, (1.25, 256): 77.61}
+    assert [(p.alpha, p.resolution, p.top1) for p in published.results("tf_model_garden")] == [(1.0, 224, 72.33)]
+    assert {"timm", "tf_model_garden"} <= set(PUBLISHED_STYLE)

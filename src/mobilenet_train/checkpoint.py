@@ -82,12 +82,15 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def model_payload(model, args: ModelArgs, config: dict, classes: list[str] | None, complexity: dict,
-                  metrics: dict | None = None, epoch: int = 0, step: int = 0, **extra) -> dict:
+                  metrics: dict | None = None, epoch: int = 0, step: int = 0, teacher: dict | None = None,
+                  **extra) -> dict:
     """What every checkpoint holds: enough to rebuild, evaluate and fine-tune the model without its
-    run dir. `extra`: training state (the Checkpointer) or provenance (`import`, mobilenet-import)."""
+    run dir. `teacher`: the distillation teacher's identity (path, sha256, val_top1, alpha,
+    temperature; None without one). `extra`: training state (the Checkpointer) or provenance
+    (`import`, mobilenet-import)."""
     return {"model": model.state_dict(), "model_args": args.to_dict(), "config": config, "classes": classes,
             "complexity": complexity, "metrics": metrics if metrics is not None else {}, "epoch": epoch,
-            "step": step, **extra}
+            "step": step, "teacher": teacher, **extra}
 
 
 def model_from_checkpoint(ckpt: dict, use_ema: bool = False) -> tuple[MobileNetV1, ModelArgs]:

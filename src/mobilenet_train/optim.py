@@ -1,5 +1,6 @@
 """Optimizer, weight-decay groups and learning-rate schedule.
 
+AdamW and LAMB come from timm's `create_optimizer_v2` (with the groups below).
 RMSProp is timm's `RMSpropTF` (TensorFlow semantics: the mean square starts at 1, epsilon
 sits inside the square root, the learning rate is folded into the momentum buffer).
 Weight decay is L2 added to the gradient, as TF-slim's regularizer, on conv and FC weights;
@@ -10,14 +11,14 @@ The schedule is timm's, stepped once per optimizer update.
 from __future__ import annotations
 
 import torch
-from timm.optim import RMSpropTF
+from timm.optim import RMSpropTF, create_optimizer_v2
 from timm.scheduler import CosineLRScheduler, StepLRScheduler
 from timm.scheduler.scheduler import Scheduler
 from torch import nn
 
 from .errors import UserError
 
-REFERENCE_BATCH = 256  # optim.lr is the learning rate for this global batch
+REFERENCE_BATCH = 256  # the default optim.lr_batch: optim.lr is the learning rate for this global batch
 
 
 def param_kind(module: nn.Module, name: str) -> str:
@@ -62,8 +63,12 @@ def param_groups(model: nn.Module, optim_cfg) -> list[dict]:
 
 
 def scaled_lr(optim_cfg, global_batch: int) -> float:
+    """optim.lr at the run's global batch: x ratio (linear) or x sqrt(ratio) (sqrt), ratio = batch / lr_batch."""
     lr = float(optim_cfg.lr)
-    return lr * global_batch / REFERENCE_BATCH if optim_cfg.scale_lr else lr
+    if not optim_cfg.scale_lr:
+        return lr
+    ratio = global_batch / int(optim_cfg.lr_batch)
+    return lr * (ratio ** 0.5 if optim_cfg.lr_scaling == "sqrt" else ratio)
 
 
 def build_optimizer(model: nn.Module, optim_cfg, global_batch: int) -> torch.optim.Optimizer:
@@ -74,7 +79,12 @@ def build_optimizer(model: nn.Module, optim_cfg, global_batch: int) -> torch.opt
                          momentum=float(optim_cfg.momentum))
     if optim_cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=float(optim_cfg.momentum), nesterov=bool(optim_cfg.nesterov))
-    raise UserError(f"optim.name={optim_cfg.name} is unknown: use optim=rmsprop or optim=sgd")
+    if optim_cfg.name in ("adamw", "lamb"):
+        # timm's factory, given our groups: they keep their own weight_decay (none on BN, biases,
+        # depthwise unless asked), where timm's filter_bias_and_bn would pick its own.
+        return create_optimizer_v2(groups, opt=optim_cfg.name, lr=lr, weight_decay=float(optim_cfg.weight_decay),
+                                   betas=tuple(float(b) for b in optim_cfg.betas), eps=float(optim_cfg.eps))
+    raise UserError(f"optim.name={optim_cfg.name} is unknown: use optim=rmsprop, sgd, adamw or lamb")
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, sched_cfg, epochs: int, steps_per_epoch: int) -> Scheduler:

@@ -1,4 +1,5 @@
-"""Published MobileNet v1 results (the paper and the TF-slim release), kept once in
+"""Published MobileNet v1 results (the paper, the TF-slim release, and modern recipes: timm's ra4
+and TensorFlow Model Garden's 500-epoch config), kept once in
 ``reference/published.json`` with their sources; mobilenet-info and mobilenet-report read them here.
 """
 
@@ -10,12 +11,12 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
-SOURCE_NAMES = {"paper": "paper", "tf_slim": "TF-slim"}
+SOURCE_NAMES = {"paper": "paper", "tf_slim": "TF-slim", "timm": "timm ra4", "tf_model_garden": "TF Model Garden"}
 
 
 @dataclass(frozen=True)
 class Published:
-    source: str            # "paper" | "tf_slim"
+    source: str            # "paper" | "tf_slim" | "timm" | "tf_model_garden"
     model: str             # the name the source prints
     variant: str           # separable | conv | shallow (our model.variant)
     alpha: float

@@ -47,6 +47,8 @@ VARIANT_MARKERS = {"separable": "o", "conv": "D", "shallow": "v"}
 PUBLISHED_STYLE = {  # source -> (marker, legend label)
     "paper": ("s", "paper (Tables 4-7, 9)"),
     "tf_slim": ("^", "TF-slim release (16 checkpoints)"),
+    "timm": ("*", "timm ra4 recipe (3600 epochs)"),
+    "tf_model_garden": ("P", "TF Model Garden (500 epochs)"),
 }
 
 

@@ -126,6 +126,24 @@ class DataConfig:
     val_split: str = key("val", "validation split directory under root", example="val")
     shuffle_buffer: int = key(2000, "shards: samples held per loader worker for the in-stream shuffle", ge=1,
                               example=2000)
+    auto_augment: str | None = key(None, "per-image augmentation in the loader workers, after crop and flip: a timm "
+                                      "RandAugment string (rand-m9-mstd0.5, rand-m7-mstd0.5-inc1), a timm AutoAugment "
+                                      "policy (original, originalr, v0, v0r, 3a), augmix-..., or trivialaugment "
+                                      "(torchvision TrivialAugmentWide); null: none", example="rand-m9-mstd0.5")
+    random_erasing: float = key(0.0, "probability of timm's RandomErasing per training image (on the device, after "
+                                "normalisation)", ge=0, le=1, example=0.25)
+    random_erasing_mode: str = key("pixel", "random erasing fill: const (zeros) | rand (one colour per box) | pixel "
+                                   "(noise per pixel)", choices=("const", "rand", "pixel"))
+    random_erasing_count: int = key(1, "random erasing: up to this many boxes per image", ge=1, le=64, example=1)
+    mixup: float = key(0.0, "mixup alpha (timm Mixup, on the device on the batch); 0: off", ge=0, le=100,
+                       example=0.2)
+    cutmix: float = key(0.0, "cutmix alpha (timm Mixup, on the device on the batch); 0: off", ge=0, le=100,
+                        example=1.0)
+    mixup_prob: float = key(1.0, "probability of mixing a batch (or an element) at all", ge=0, le=1, example=1.0)
+    mixup_switch_prob: float = key(0.5, "with both mixup and cutmix on: probability of cutmix instead of mixup", ge=0,
+                                   le=1, example=0.5)
+    mixup_mode: str = key("batch", "mix parameters per batch | per pair | per element", choices=("batch", "pair",
+                                                                                                 "elem"))
     fake: FakeDataConfig = section(FakeDataConfig, "data=fake: sizes of the random dataset")
     generate: ShapesConfig = section(ShapesConfig, "data=shapes: how the embedded dataset is generated")
 
@@ -135,20 +153,32 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = key("rmsprop", "optimizer (set by the optim= option): rmsprop (TensorFlow's, timm RMSpropTF) | sgd",
-                    choices=("rmsprop", "sgd"))
-    lr: float = key(0.045, "base learning rate for a global batch of 256 (see scale_lr)", gt=0, example=0.045)
-    scale_lr: bool = key(True, "lr = optim.lr * data.batch_size / 256")
+    name: str = key("rmsprop", "optimizer (set by the optim= option): rmsprop (TensorFlow's, timm RMSpropTF) | sgd | "
+                    "adamw | lamb (timm create_optimizer_v2)", choices=("rmsprop", "sgd", "adamw", "lamb"))
+    lr: float = key(0.045, "base learning rate for a global batch of optim.lr_batch (see scale_lr)", gt=0,
+                    example=0.045)
+    scale_lr: bool = key(True, "scale optim.lr with data.batch_size / optim.lr_batch (see lr_scaling)")
+    lr_batch: int = key(256, "the global batch optim.lr is given for", ge=1, example=256)
+    lr_scaling: str = key("linear", "how lr follows the batch: linear (lr x ratio) | sqrt (lr x sqrt(ratio): timm's "
+                          "rule for Adam-family and LAMB optimizers)", choices=("linear", "sqrt"))
+    betas: list[float] = key(None, "adamw, lamb: (beta1, beta2)", factory=lambda: [0.9, 0.999], length=2, ge=0, lt=1,
+                             example="[0.6,0.999]")
     decay: float = key(0.9, "rmsprop: decay (rho) of the mean square", gt=0, lt=1, example=0.9)
     momentum: float = key(0.9, "momentum", ge=0, lt=1, example=0.9)
-    eps: float = key(1.0, "rmsprop: epsilon (inside the square root, as TensorFlow)", gt=0, le=10, example=1.0)
+    eps: float = key(1.0, "rmsprop: epsilon (inside the square root, as TensorFlow); adamw, lamb: epsilon", gt=0,
+                     le=10, example=1.0)
     nesterov: bool = key(True, "sgd: Nesterov momentum")
-    weight_decay: float = key(4e-5, "L2 on conv and FC weights (TF-slim's regularizer)", ge=0, lt=1, example=4e-5)
+    weight_decay: float = key(4e-5, "L2 on conv and FC weights (TF-slim's regularizer); adamw, lamb: decoupled decay",
+                              ge=0, lt=1, example=4e-5)
     decay_depthwise: bool = key(False, "also decay depthwise filters (the paper: little or none)")
     decay_norm: bool = key(False, "also decay BN gamma and beta")
     decay_bias: bool = key(False, "also decay biases")
-    label_smoothing: float = key(0.0, "label smoothing of the cross-entropy (the paper: none)", ge=0, lt=1,
-                                 example=0.1)
+    label_smoothing: float = key(0.0, "label smoothing of the loss (inside mixup/cutmix when on; the paper: none)",
+                                 ge=0, lt=1, example=0.1)
+    loss: str = key("ce", "ce: cross-entropy | bce: timm's BinaryCrossEntropy (per-class sigmoid)",
+                    choices=("ce", "bce"))
+    bce_target_thresh: float | None = key(None, "bce: targets at or above this become 1, the rest 0 (timm's "
+                                             "target_threshold); null: soft targets", ge=0, le=1, example=0.2)
 
 
 @dataclass
@@ -216,6 +246,22 @@ class QatConfig:
                                      "are done (0: from the start)", ge=0, example=400)
 
 
+# ----------------------------------------------------------------------------- distillation
+
+
+@dataclass
+class DistillConfig:
+    teacher: str | None = key(None, "knowledge distillation from this teacher: a toolkit checkpoint (trained or "
+                                 "mobilenet-import'ed) or timm:NAME (with distill.teacher_weights); null: none",
+                              example="teacher.pt")
+    teacher_weights: str | None = key(None, "distill.teacher=timm:NAME: its local weights file (.safetensors, "
+                                         ".pth); never downloaded", example="resnet50.safetensors")
+    alpha: float = key(0.5, "weight of the distillation loss; the label loss gets 1 - alpha (1: pure function "
+                       "matching, labels unused)", ge=0, le=1, example=0.5)
+    temperature: float = key(1.0, "softmax temperature T of the KL loss (scaled by T^2, as timm's logit "
+                             "distillation)", gt=0, le=100, example=4.0)
+
+
 # ----------------------------------------------------------------------------- the whole config
 
 
@@ -229,6 +275,7 @@ class TrainConfig:
     sched: SchedConfig = section(SchedConfig, "the learning-rate schedule (sched= options)")
     trainer: TrainerConfig = section(TrainerConfig, "the training loop (trainer= options)")
     qat: QatConfig = section(QatConfig, "quantization-aware training (+experiment=qat)")
+    distill: DistillConfig = section(DistillConfig, "knowledge distillation from a teacher (distill.teacher=...)")
     seed: int = key(0, "seed of everything: weights, sampling, augmentation (per sample), dropout", ge=0,
                     le=2**32 - 1, example=0)
     run_name: str = key("mobilenet_v1", "a readable name for the run: the default run dir and TensorBoard",
@@ -466,4 +513,29 @@ def _qat_alone(cfg) -> None:
             raise UserError(f"qat.enabled=true does not combine with {name}={str(value).lower()}: drop it")
 
 
-CROSS_CHECKS: tuple[Callable, ...] = (_crop_ratio_ordered, _shards_format, _device_name, _resume_value, _qat_alone)
+def _teacher_weights(cfg) -> None:
+    d = cfg.get("distill")
+    if d is None:
+        return
+    timm_teacher = str(d.teacher or "").startswith("timm:")
+    if timm_teacher and not d.teacher_weights:
+        raise UserError(f"distill.teacher={d.teacher} needs its weights as a local file (nothing is downloaded): "
+                        f"pass distill.teacher_weights=FILE, e.g. distill.teacher_weights=model.safetensors")
+    if d.teacher_weights and not timm_teacher:
+        raise UserError(f"distill.teacher_weights={d.teacher_weights} is only read for distill.teacher=timm:NAME "
+                        f"(a toolkit checkpoint holds its own weights): drop it, or set distill.teacher=timm:NAME")
+
+
+AUTO_AUGMENT_POLICIES = ("original", "originalr", "v0", "v0r", "3a", "trivialaugment")
+
+
+def _auto_augment_name(cfg) -> None:
+    name = cfg.data.get("auto_augment")
+    if name and not (str(name) in AUTO_AUGMENT_POLICIES or str(name).startswith(("rand-", "augmix-"))):
+        raise UserError(f"data.auto_augment={name} is not an augmentation: use a timm RandAugment string "
+                        f"(rand-...), augmix-..., or one of {', '.join(AUTO_AUGMENT_POLICIES)}, "
+                        f"e.g. data.auto_augment=rand-m9-mstd0.5")
+
+
+CROSS_CHECKS: tuple[Callable, ...] = (_crop_ratio_ordered, _shards_format, _device_name, _resume_value,
+                                      _teacher_weights, _auto_augment_name, _qat_alone)

@@ -23,6 +23,11 @@ class GpuDecode:
     def __init__(self, transform, device: torch.device):
         self.transform, self.device = transform, device
         self.size = list(transform.size[::-1])
+        self.augment = getattr(transform, "augment", None)
+        if self.augment is not None and not isinstance(self.augment, torch.nn.Module):
+            # timm's RandAugment / AutoAugment work on PIL images, which live on the CPU.
+            raise UserError("data.decode=gpu runs torchvision augmentations only: use data.auto_augment="
+                            "trivialaugment, or data.decode=cpu for timm's RandAugment / AutoAugment")
 
     def _decode_one(self, data: torch.Tensor) -> torch.Tensor:
         from torchvision.io import ImageReadMode, decode_image, decode_jpeg
@@ -55,5 +60,6 @@ class GpuDecode:
             left, top, right, bottom = self.transform.box(img)
             crop = v2.functional.resized_crop(img, int(top), int(left), max(int(bottom - top), 1),
                                               max(int(right - left), 1), self.size, antialias=True)
-            out[i] = crop.flip(-1) if flip > 0 and torch.rand(1).item() < flip else crop
+            crop = crop.flip(-1) if flip > 0 and torch.rand(1).item() < flip else crop
+            out[i] = self.augment(crop) if self.augment is not None else crop
         return out.contiguous(memory_format=torch.channels_last), bad

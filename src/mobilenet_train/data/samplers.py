@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import random
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
@@ -52,7 +53,7 @@ class EpochSampler(Sampler[int]):
 class SeededSamples(Dataset):
     """Augmentation as a pure function of (seed, epoch, index).
 
-    Each sample is transformed under RNGs seeded from its key, so the random crop and flip of
+    Each sample is transformed under RNGs (torch, python, numpy) seeded from its key, so the random crop and flip of
     an image do not depend on which worker, rank or restart produced it: a run resumed mid-epoch,
     or spread over another number of processes, sees exactly the same augmented images.
     The caller's RNG states are restored afterwards (with 0 workers that is the training process).
@@ -72,11 +73,13 @@ class SeededSamples(Dataset):
     def __getitem__(self, key):
         epoch, index = key
         sample_seed = (self.seed * 1_000_003 + epoch) * 100_000_007 + index
-        py_state = random.getstate()
+        py_state, np_state = random.getstate(), np.random.get_state()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(sample_seed)
             random.seed(sample_seed)
+            np.random.seed(sample_seed % 2**32)  # timm's RandAugment draws its ops from numpy
             try:
                 return self.dataset[index]
             finally:
                 random.setstate(py_state)
+                np.random.set_state(np_state)

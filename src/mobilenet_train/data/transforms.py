@@ -28,7 +28,8 @@ PIL_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampli
 
 
 class FastRandomResizedCrop:
-    """Train transform: RandomResizedCrop + horizontal flip on an opened, undecoded PIL image.
+    """Train transform: RandomResizedCrop + horizontal flip on an opened, undecoded PIL image,
+    then `augment` (RandAugment & co., PIL in, PIL out; uint8 throughout) when given.
 
     The crop is drawn as torchvision's RandomResizedCrop draws it (`get_params`, the same
     torch RNG calls), on the size from the image header. Where a DCT downscale applies, PIL
@@ -36,16 +37,24 @@ class FastRandomResizedCrop:
     """
 
     def __init__(self, resolution: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip: float = 0.5,
-                 interpolation: str = "bilinear", draft: bool = True):
+                 interpolation: str = "bilinear", draft: bool = True, augment=None):
         self.size = (resolution, resolution)
         self.scale, self.ratio, self.hflip = tuple(scale), tuple(ratio), float(hflip)
         self.resample, self.draft = PIL_RESAMPLE[interpolation], draft
+        self.augment = augment
 
     def box(self, img) -> Box:
         top, left, h, w = transforms.RandomResizedCrop.get_params(img, self.scale, self.ratio)
         return (left, top, left + w, top + h)
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
+        out = self._crop_flip(img)
+        if self.augment is not None:
+            pil = out if isinstance(out, Image.Image) else Image.fromarray(out.permute(1, 2, 0).numpy())
+            out = self.augment(pil)
+        return out if isinstance(out, torch.Tensor) else to_chw_uint8(out)
+
+    def _crop_flip(self, img: Image.Image) -> torch.Tensor | Image.Image:
         box = self.box(img)
         if self.resample == Image.Resampling.BILINEAR and (not self.draft or draft_scale(img, box, self.size) == 1):
             out = tensor_decode_crop(img, box, self.size)
@@ -54,7 +63,31 @@ class FastRandomResizedCrop:
         out = decode_crop(img, box, self.size, self.resample, self.draft)
         if self.hflip > 0 and torch.rand(1).item() < self.hflip:
             out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        return to_chw_uint8(out)
+        return out
+
+
+def auto_augment(name: str | None, resolution: int, normalization: str, interpolation: str):
+    """`data.auto_augment` as a PIL -> PIL op: timm's RandAugment / AutoAugment / AugMix with the
+    hyper-parameters timm's `create_transform` gives them, or torchvision's TrivialAugmentWide."""
+    if not name:
+        return None
+    if name == "trivialaugment":
+        return v2.TrivialAugmentWide(interpolation=INTERPOLATION[interpolation])
+    from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
+
+    mean = NORMALIZATION[normalization][0]
+    # As timm.data.create_transform: translations up to 45% of the side, fill with the mean colour.
+    params = {"translate_const": int(resolution * 0.45), "img_mean": tuple(min(255, round(255 * m)) for m in mean),
+              "interpolation": PIL_RESAMPLE[interpolation]}
+    try:
+        if name.startswith("rand"):
+            return rand_augment_transform(name, params)
+        if name.startswith("augmix"):
+            return augment_and_mix_transform(name, {**params, "translate_pct": 0.3})
+        return auto_augment_transform(name, params)
+    except Exception as e:  # noqa: BLE001 - timm's parser raises assertions and key/value errors
+        raise UserError(f"data.auto_augment={name} is not a timm augmentation string ({type(e).__name__}: {e}); "
+                        f"e.g. data.auto_augment=rand-m9-mstd0.5") from None
 
 
 def eval_resize_size(resolution: int, crop_fraction: float) -> int:
@@ -127,10 +160,12 @@ class FastEvalCrop:
 
 
 def train_transform(data_cfg, resolution: int) -> FastRandomResizedCrop:
+    interpolation = _interpolation_name(data_cfg)
+    augment = auto_augment(data_cfg.auto_augment, resolution, str(data_cfg.normalization), interpolation)
     return FastRandomResizedCrop(resolution, scale=(float(data_cfg.min_crop_area), 1.0),
                                  ratio=tuple(data_cfg.crop_ratio),
-                                 hflip=float(data_cfg.hflip), interpolation=_interpolation_name(data_cfg),
-                                 draft=bool(data_cfg.jpeg_draft))
+                                 hflip=float(data_cfg.hflip), interpolation=interpolation,
+                                 draft=bool(data_cfg.jpeg_draft), augment=augment)
 
 
 def eval_transform(data_cfg, resolution: int) -> FastEvalCrop:

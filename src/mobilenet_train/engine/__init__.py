@@ -2,6 +2,7 @@
 
   setup.py    this process (device, process group, seeds, determinism) and the TrainParts (model, optimizer, ...)
   resume.py   which checkpoint to resume from; restoring it into the parts and a TrainState
+  distill.py  knowledge distillation: the teacher (toolkit checkpoint or timm:NAME) and its loss
   loop.py     train_one_epoch (forward/backward, optimizer step, log window) and evaluate
   runlog.py   RunLogger: TensorBoard, metrics.jsonl, console lines
   trainer.py  fit: setup, restore, then the epoch loop with its RunLogger and Checkpointer (checkpoint.py)

@@ -160,13 +160,24 @@ def _forward_backward(parts: TrainParts, images, targets, accum: int, meter: Met
     p, device = parts, parts.prep.device
     x = p.prep(images)
     y = targets.to(device, non_blocking=True)
+    # Random erasing and mixup/cutmix on the device; `target` is soft when mixing (top-1 counts `y`).
+    x, target = p.batch_augment(x, y) if p.batch_augment is not None else (x, y)
     # DDP: all-reduce gradients only on the micro-batch that completes the step.
     with p.train_model.no_sync() if no_sync else contextlib.nullcontext():
         with autocast(device, p.amp):
             logits = p.train_model(x)
-            loss = p.loss_fn(logits, y)
+            loss = training_loss(p, logits, x, target)
         p.scaler.scale(loss / accum).backward()
     meter.add(loss, logits, y)
+
+
+def training_loss(parts: TrainParts, logits: torch.Tensor, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The label loss, or with a teacher the distillation loss mixed with it (on the same batch `x`)."""
+    d = parts.distill
+    if d is None:
+        return parts.loss_fn(logits, target)
+    label_loss = None if d.alpha >= 1.0 else parts.loss_fn(logits, target)  # alpha 1: labels unused
+    return d.loss(logits, d.teacher_logits(x), label_loss)
 
 
 def optimizer_step(parts: TrainParts, state: TrainState, grad_clip: float) -> None:

@@ -8,6 +8,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
@@ -16,6 +17,7 @@ from torch import nn
 
 from .. import distributed, finetune
 from ..data import DevicePreprocess
+from ..data.mixing import build_batch_augment, mixing_active
 from ..errors import UserError
 from ..optim import build_optimizer, build_scheduler
 
@@ -127,6 +129,8 @@ class TrainParts:
     amp: torch.dtype | None
     ema: ModelEmaV3 | None
     frozen_backbone: bool = False  # fine-tuning: only the classifier trains
+    distill: Any = None            # a distill.Distiller when distill.teacher is set
+    batch_augment: Any = None      # data.mixing.BatchAugment: random erasing, mixup/cutmix on the device
 
 
 def _qat_model(cfg: DictConfig, model: nn.Module, weights: dict | None, init: dict | None, step: int) -> nn.Module:
@@ -147,10 +151,11 @@ def _qat_model(cfg: DictConfig, model: nn.Module, weights: dict | None, init: di
 
 
 def build_parts(cfg: DictConfig, ctx: TrainContext, model: nn.Module, weights: dict | None, init: dict | None,
-                epoch: int, epochs: int, steps_per_epoch: int, step: int = 0) -> TrainParts:
+                epoch: int, epochs: int, steps_per_epoch: int, distill=None, step: int = 0) -> TrainParts:
     """The parts for training `model` from `weights` (a resumed run's), else from `init` (model.init).
 
-    The weights go in before anything copies the model: the EMA starts from them.
+    The weights go in before anything copies the model: the EMA starts from them. `distill`: the
+    teacher and its loss (engine/distill.py), or None.
     """
     tcfg, device = cfg.trainer, ctx.device
     if cfg.qat.enabled:
@@ -173,9 +178,25 @@ def build_parts(cfg: DictConfig, ctx: TrainContext, model: nn.Module, weights: d
     if not cfg.qat.enabled:  # QAT refuses freeze_backbone_epochs (config schema): no module tree to freeze
         finetune.set_backbone_frozen(model, frozen)
     train_model = training_wrapper(model, ctx.dist_info, device, bool(tcfg.compile))
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=float(cfg.optim.label_smoothing))
+    loss_fn = build_loss(cfg.optim, mixing_active(cfg.data))
     prep = DevicePreprocess(cfg.data.normalization, device, bool(tcfg.channels_last))
-    return TrainParts(model, train_model, optimizer, scheduler, scaler, loss_fn, prep, ctx.amp, ema, frozen)
+    micro_batch = int(cfg.data.batch_size) // (ctx.dist_info.world_size * int(tcfg.accum_steps))
+    batch_augment = build_batch_augment(cfg.data, int(cfg.model.num_classes), float(cfg.optim.label_smoothing),
+                                        device, micro_batch)
+    return TrainParts(model, train_model, optimizer, scheduler, scaler, loss_fn, prep, ctx.amp, ema, frozen, distill,
+                      batch_augment)
+
+
+def build_loss(optim_cfg, mixing: bool) -> nn.Module:
+    """The label loss, as timm's train.py picks it: with mixup/cutmix the targets arrive soft (label
+    smoothing already inside them), so CE becomes SoftTargetCrossEntropy and BCE gets no smoothing."""
+    from timm.loss import BinaryCrossEntropy, SoftTargetCrossEntropy
+
+    smoothing = float(optim_cfg.label_smoothing)
+    thresh = None if optim_cfg.bce_target_thresh is None else float(optim_cfg.bce_target_thresh)
+    if optim_cfg.loss == "bce":
+        return BinaryCrossEntropy(smoothing=0.0 if mixing else smoothing, target_threshold=thresh)
+    return SoftTargetCrossEntropy() if mixing else nn.CrossEntropyLoss(label_smoothing=smoothing)
 
 
 def training_wrapper(model: nn.Module, dist_info: distributed.DistInfo, device: torch.device,

@@ -19,6 +19,7 @@ from ..errors import UserError
 from ..model import ModelArgs, build_model
 from ..optim import scaled_lr
 from ..preemption import Preempted, StopRequest
+from .distill import build_distiller, teacher_metrics, teacher_record
 from .loop import TrainState, evaluate, train_one_epoch
 from .resume import already_finished, read_resume_checkpoint, restore, resume_path, resumed_state
 from .runlog import RunLogger
@@ -60,9 +61,10 @@ def _fit(cfg: DictConfig, run_dir: Path, stop: StopRequest) -> dict:
     if steps_per_epoch < 1:
         raise UserError(f"one epoch has fewer than trainer.accum_steps={accum} batches: lower it or data.batch_size")
 
+    distiller = build_distiller(cfg, data.classes, device, ctx.amp)  # a bad teacher stops here, before training
     state = resumed_state(ckpt, dist_info, ckpt_path)
     parts = build_parts(cfg, ctx, model, ckpt["model"] if ckpt else None, init, state.epoch, epochs, steps_per_epoch,
-                        state.step)
+                        distill=distiller, step=state.step)
     epoch_totals = restore(ckpt, parts, state, dist_info)
     logger = RunLogger(run_dir, cfg, dist_info.is_main, ctx.progress, state.epoch if ckpt is not None else None)
     _announce(cfg, ctx, args, complexity, data, steps_per_epoch)
@@ -70,7 +72,8 @@ def _fit(cfg: DictConfig, run_dir: Path, stop: StopRequest) -> dict:
         log.info("resumed from %s: epoch %d, step %d%s", ckpt_path, state.epoch, state.step,
                  f", {state.batches_done} batches into the epoch" if state.batches_done else "")
     describe = {"args": args, "config": OmegaConf.to_container(cfg, resolve=True), "classes": data.classes,
-                "complexity": complexity}
+                "complexity": complexity, "teacher": teacher_record(distiller, cfg)}
+    _note_teacher_change(ckpt, describe["teacher"])
     checkpointer = Checkpointer(run_dir / "checkpoints", parts, describe, epochs, int(tcfg.checkpoint_every_steps or 0),
                                 dist_info.world_size, dist_info.is_main)
     trainer = Trainer(cfg, ctx, parts, data, state, epoch_totals, logger, checkpointer, stop, epochs,
@@ -91,6 +94,17 @@ def _announce(cfg: DictConfig, ctx: TrainContext, args: ModelArgs, complexity: d
     log.info("%d train / %d val images, global batch %d (%d accumulation steps), peak lr %.4g, %d steps per epoch, "
              "run dir %s", len(data.train_loader.dataset), len(data.val_loader.dataset), global_batch,
              int(cfg.trainer.accum_steps), scaled_lr(cfg.optim, global_batch), steps_per_epoch, ctx.run_dir)
+
+
+def _note_teacher_change(ckpt: dict | None, teacher: dict | None) -> None:
+    """A resumed run may change its teacher (e.g. distill after plain training); say so."""
+    if ckpt is None:
+        return
+    before = (ckpt.get("teacher") or {}).get("sha256")
+    now = (teacher or {}).get("sha256")
+    if before != now:
+        log.warning("resuming with another teacher than the checkpoint's (%s -> %s)",
+                    (ckpt.get("teacher") or {}).get("path"), (teacher or {}).get("path"))
 
 
 @dataclass
@@ -179,12 +193,14 @@ class Trainer:
         else (mobilenet-report marks a run whose last epoch < epochs_total as still in progress)."""
         args = self.checkpointer.describe["args"]
         return {"alpha": args.alpha, "resolution": args.resolution, "variant": args.variant,
-                **self.checkpointer.describe["complexity"], "dataset": self.cfg.data.name, "epochs_total": self.epochs}
+                **self.checkpointer.describe["complexity"], "dataset": self.cfg.data.name, "epochs_total": self.epochs,
+                **teacher_metrics(self.checkpointer.describe["teacher"])}
 
     def _hparams(self) -> dict:
         ident = self._identity()
         return {**{k: ident[k] for k in ("alpha", "resolution", "variant", "mult_adds", "params", "dataset")},
-                "optimizer": self.cfg.optim.name, "batch_size": int(self.cfg.data.batch_size), "epochs": self.epochs}
+                "optimizer": self.cfg.optim.name, "batch_size": int(self.cfg.data.batch_size), "epochs": self.epochs,
+                **teacher_metrics(self.checkpointer.describe["teacher"])}
 
     def _unfreeze_when_due(self) -> None:
         p, freeze_epochs = self.parts, int(self.cfg.trainer.freeze_backbone_epochs)

@@ -1,0 +1,203 @@
+"""Knowledge distillation (`distill.*`): the teacher, its input and the loss.
+
+The loss is timm's logit distillation (`timm.task.LogitDistillationTask`, loss_type kl) with
+`distill.alpha` as its distill weight and 1 - alpha as its task weight:
+
+    alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * label loss
+
+with the KL averaged over the batch (batchmean), so numbers carry over from timm. alpha 1 is
+pure function matching: the labels are not used. The teacher sees the student's augmented
+batch (mixup/cutmix included), in eval mode without gradients; the batch is brought to the
+teacher's own normalisation and resolution on the device when they differ.
+
+A teacher is a toolkit checkpoint (trained, or imported by mobilenet-import) or
+`timm:NAME` with a local weights file (`distill.teacher_weights`; nothing is downloaded).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..checkpoint import load_checkpoint, model_from_checkpoint
+from ..data import NORMALIZATION
+from ..errors import UserError
+from .setup import autocast
+
+log = logging.getLogger("mobilenet_train")
+
+TIMM_PREFIX = "timm:"
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """timm's KL term: batchmean KL(teacher || student) at temperature T, times T^2 (in float32)."""
+    log_s = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    log_t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    return F.kl_div(log_s, log_t, reduction="batchmean", log_target=True) * temperature ** 2
+
+
+@dataclass
+class LoadedTeacher:
+    """A teacher network with what its input needs and who it is."""
+
+    model: nn.Module
+    resolution: int
+    mean: tuple[float, float, float]  # of 0..1 pixels
+    std: tuple[float, float, float]
+    identity: dict                    # path, sha256, val_top1 (None when not recorded), num_classes
+
+
+def load_teacher(distill_cfg, classes: list[str]) -> LoadedTeacher:
+    """The configured teacher, checked against the dataset's classes; any problem is one UserError."""
+    spec = str(distill_cfg.teacher)
+    if spec.startswith(TIMM_PREFIX):
+        return _timm_teacher(spec[len(TIMM_PREFIX):], distill_cfg.teacher_weights, len(classes))
+    return _toolkit_teacher(Path(spec).expanduser(), classes)
+
+
+def _toolkit_teacher(path: Path, classes: list[str]) -> LoadedTeacher:
+    if not path.is_file():
+        raise UserError(f"distill.teacher={path}: no such checkpoint file (pass a mobilenet-train checkpoint, "
+                        f"e.g. outputs/run/checkpoints/best.pt, or timm:NAME with distill.teacher_weights=FILE)")
+    ckpt = load_checkpoint(path)
+    model, args = model_from_checkpoint(ckpt)
+    theirs = ckpt.get("classes")
+    if args.num_classes != len(classes) or (theirs is not None and list(theirs) != list(classes)):
+        what = f"{args.num_classes} classes" if args.num_classes != len(classes) else "other classes"
+        raise UserError(f"distill.teacher={path} predicts {what} than the dataset's {len(classes)} "
+                        f"({', '.join(classes[:3])}, ...): a teacher must be trained on the same class set")
+    config = ckpt.get("config") or {}
+    norm = (config.get("data") or {}).get("normalization", "inception")
+    mean, std = NORMALIZATION[norm]
+    metrics = ckpt.get("metrics") or {}
+    top1 = metrics.get("val_top1", ckpt.get("best_val_top1"))
+    if top1 is not None and top1 < 0:
+        top1 = None
+    identity = {"path": str(path), "sha256": file_sha256(path), "val_top1": top1, "num_classes": args.num_classes,
+                "kind": "checkpoint"}
+    return LoadedTeacher(model, args.resolution, mean, std, identity)
+
+
+def _timm_teacher(name: str, weights: str | None, num_classes: int) -> LoadedTeacher:
+    import timm
+
+    if not timm.is_model(name):
+        raise UserError(f"distill.teacher=timm:{name}: timm has no model of that name (list them with "
+                        f"python -c 'import timm; print(timm.list_models(\"*{name[:6]}*\"))')")
+    path = Path(str(weights or "")).expanduser()
+    if not weights or not path.is_file():
+        raise UserError(f"distill.teacher=timm:{name}: distill.teacher_weights={weights} is not a file; give the "
+                        f"teacher's weights as a local file (nothing is downloaded)")
+    model = timm.create_model(name, pretrained=False, num_classes=num_classes)
+    state = _read_state_dict(path)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise UserError(f"distill.teacher_weights={path} does not fit timm:{name} with {num_classes} classes "
+                        f"(the dataset's): {first}") from None
+    cfg = model.pretrained_cfg
+    identity = {"path": f"{TIMM_PREFIX}{name}", "weights": str(path), "sha256": file_sha256(path), "val_top1": None,
+                "num_classes": num_classes, "kind": "timm"}
+    return LoadedTeacher(model, int(cfg["input_size"][-1]), tuple(cfg["mean"]), tuple(cfg["std"]), identity)
+
+
+def _read_state_dict(path: Path) -> dict:
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - corrupt files raise many different types
+        raise UserError(f"distill.teacher_weights={path} is not a readable weights file ({type(e).__name__})") from None
+    for key in ("state_dict", "model", "state_dict_ema"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            return state[key]
+    return state
+
+
+class Distiller:
+    """The teacher on the device and the loss; the loop calls `teacher_logits` then `loss`."""
+
+    def __init__(self, teacher: LoadedTeacher, alpha: float, temperature: float, student_normalization: str,
+                 student_resolution: int, device: torch.device, channels_last: bool, amp: torch.dtype | None):
+        self.alpha, self.temperature, self.amp = float(alpha), float(temperature), amp
+        self.identity = teacher.identity
+        self.model = teacher.model.to(device).eval().requires_grad_(False)
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.resolution = teacher.resolution if teacher.resolution != student_resolution else None
+        s_mean, s_std = NORMALIZATION[student_normalization]
+        self.renormalize = None
+        if (tuple(s_mean), tuple(s_std)) != (tuple(teacher.mean), tuple(teacher.std)):
+            # x_teacher = (x_student * s_std + s_mean - t_mean) / t_std, as one scale and shift.
+            t_mean, t_std = torch.tensor(teacher.mean), torch.tensor(teacher.std)
+            scale = torch.tensor(s_std) / t_std
+            shift = (torch.tensor(s_mean) - t_mean) / t_std
+            self.renormalize = (scale.view(1, 3, 1, 1).to(device), shift.view(1, 3, 1, 1).to(device))
+
+    @torch.no_grad()
+    def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The teacher's logits for the student's (augmented, normalised) batch `x`."""
+        if self.renormalize is not None:
+            scale, shift = self.renormalize
+            x = x * scale + shift
+        if self.resolution is not None:
+            x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear", align_corners=False,
+                              antialias=True)
+        with autocast(x.device, self.amp):
+            return self.model(x).float()
+
+    def loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+             label_loss: torch.Tensor | None) -> torch.Tensor:
+        """alpha x the KL term + (1 - alpha) x the label loss (not needed when alpha is 1)."""
+        kd = kd_loss(student_logits, teacher_logits, self.temperature)
+        if self.alpha >= 1.0 or label_loss is None:
+            return kd
+        return self.alpha * kd + (1.0 - self.alpha) * label_loss
+
+
+def build_distiller(cfg, classes: list[str], device: torch.device, amp: torch.dtype | None) -> Distiller | None:
+    """The Distiller of `cfg.distill` (None without a teacher), built before training starts."""
+    dcfg = cfg.distill
+    if not dcfg.teacher:
+        return None
+    teacher = load_teacher(dcfg, classes)
+    log.info("distillation: teacher %s (sha256 %s..., val top-1 %s) at %d px, alpha %g, temperature %g",
+             teacher.identity["path"], teacher.identity["sha256"][:12], teacher.identity["val_top1"],
+             teacher.resolution, float(dcfg.alpha), float(dcfg.temperature))
+    return Distiller(teacher, float(dcfg.alpha), float(dcfg.temperature), str(cfg.data.normalization),
+                     int(cfg.model.resolution), device, bool(cfg.trainer.channels_last), amp)
+
+
+def teacher_record(distiller: Distiller | None, cfg) -> dict | None:
+    """What a checkpoint keeps about the teacher (None without one)."""
+    if distiller is None:
+        return None
+    return {**distiller.identity, "alpha": float(cfg.distill.alpha), "temperature": float(cfg.distill.temperature)}
+
+
+def teacher_metrics(record: dict | None) -> dict:
+    """Flat metrics.jsonl / TensorBoard hparams fields naming the teacher (none without one)."""
+    if record is None:
+        return {}
+    out = {"teacher": record["path"], "teacher_sha256": record["sha256"], "distill_alpha": record["alpha"],
+           "distill_temperature": record["temperature"]}
+    if record.get("val_top1") is not None:
+        out["teacher_val_top1"] = float(record["val_top1"])
+    return out
