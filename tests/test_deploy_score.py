@@ -31,7 +31,7 @@ def test_eval_of_each_int8_format_equals_the_exports_top1(trained_run, fmt, tmp_
     got = evaluate_file(str(out), ["data.num_workers=0", "data.batch_size=16", "progress=false", "threads=1"])
     assert got["num_images"] == r.accuracy["num_images"] == 80
     assert got["top1"] == pytest.approx(r.accuracy["exported_top1"], abs=1e-9)
-    assert (got["format"], got["runtime"], got["quantization"]) == (fmt, RUNTIMES[fmt], "int8")
+    assert (got["format"], got["runtime"], got["quantization"]) == (fmt, RUNTIMES[fmt], "int8-ptq")
     assert got["params"] == load_checkpoint(ckpt)["complexity"]["params"] and got["mult_adds"] > 0
     assert got["out"] == str(out) + ".eval.json"
     assert json.loads((tmp_path / f"{out.name}.eval.json").read_text())["top1"] == got["top1"]
@@ -44,7 +44,7 @@ def test_googles_tflite_file_scores_with_its_own_input_quantization(tmp_path):
     got = evaluate_file(str(google), [f"data.root={samples}", "data.num_workers=0", f"out={out}", "progress=false"])
     # ../shared/README.md: 42.0% with the TFLite interpreter on the same 1000 images (its own decoding).
     assert got["num_images"] == 1000 and abs(got["top1"] - 42.0) < 1.0, got["top1"]
-    assert got["eval_preset"] == "tf" and got["quantization"].startswith("uint8") and got["alpha"] == 0.25
+    assert got["eval_preset"] == "tf" and got["quantization"] == "uint8-google" and got["alpha"] == 0.25
     assert json.loads(out.read_text())["runtime"] == RUNTIMES["tflite"]
 
 

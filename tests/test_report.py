@@ -12,7 +12,15 @@ from mobilenet_train import published
 from mobilenet_train.cli.report import main as report_cli
 from mobilenet_train.complexity import complexity_of
 from mobilenet_train.model import ModelArgs
-from mobilenet_train.report import OUTPUTS, PUBLISHED_STYLE, figure, find_results, write_report
+from mobilenet_train.report import (
+    OUTPUTS,
+    PUBLISHED_STYLE,
+    figure,
+    find_latency,
+    find_results,
+    latency_figure,
+    write_report,
+)
 
 # TINY without its model resolution: the sweep sets it.
 SWEEP_OVERRIDES = [o for o in TINY if not o.startswith(("+experiment=", "model.resolution="))]
@@ -237,3 +245,30 @@ def test_modern_recipes_are_published_points():
     assert timm == {(1.0, 224): 75.38, (1.0, 256): 76.09, (1.25, 224): 76.92, (1.25, 256): 77.61}
     assert [(p.alpha, p.resolution, p.top1) for p in published.results("tf_model_garden")] == [(1.0, 224, 72.33)]
     assert {"timm", "tf_model_garden"} <= set(PUBLISHED_STYLE)
+
+
+def test_fp32_ptq_and_qat_files_side_by_side_with_their_latency(tmp_path):
+    """eval.json of a checkpoint and FILE.eval.json of its PTQ and QAT int8 files (mobilenet-eval FILE): one row
+    each, with the quantization; the latency figure marks each int8 file's own top-1 at the int8 latency."""
+
+    common = {"alpha": 0.5, "resolution": 160, "variant": "separable", "params": 1_300_000, "mult_adds": 77_000_000,
+              "dataset": "imagenet", "top5": 90.0, "num_images": 1000, "images_per_sec": 50.0}
+    for name, quantization, top1 in [("eval.json", "fp32", 66.0), ("best.int8.tflite.eval.json", "int8-ptq", 65.0),
+                                     ("qat.int8.tflite.eval.json", "int8-qat", 65.9)]:
+        (tmp_path / name).write_text(json.dumps({**common, "top1": top1, "quantization": quantization}))
+    results = [{"backend": b, "precision": p, "threads": 1, "batch": 1, "median_ms": ms}
+               for b, p, ms in [("pytorch", "fp32", 9.0), ("onnx", "fp32", 4.0), ("tflite", "int8", 2.0)]]
+    (tmp_path / "latency.json").write_text(json.dumps({
+        "format": "mobilenet-bench-latency", "machine": {"cpu": "test cpu"},
+        "models": [{"alpha": 0.5, "resolution": 160, "variant": "separable", "results": results}]}))
+    table, _ = write_report([str(tmp_path)], tmp_path / "report")
+    assert sorted((r["quantization"], r["top1"], r["latency_int8_ms"]) for r in table) == [
+        ("fp32", 66.0, 2.0), ("int8-ptq", 65.0, 2.0), ("int8-qat", 65.9, 2.0)]
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "| precision |" in text and "| int8-qat |" in text
+    found, _ = find_results([str(tmp_path)])
+    latency, _ = find_latency([str(tmp_path)])
+    ax = latency_figure(found, latency).axes[0]
+    marks = {line.get_gid(): (list(line.get_xdata()), list(line.get_ydata())) for line in ax.lines
+             if str(line.get_gid()).startswith("quantized:")}
+    assert marks == {"quantized:int8-ptq": ([2.0], [65.0]), "quantized:int8-qat": ([2.0], [65.9])}

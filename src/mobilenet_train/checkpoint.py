@@ -94,6 +94,9 @@ def model_payload(model, args: ModelArgs, config: dict, classes: list[str] | Non
 
 
 def model_from_checkpoint(ckpt: dict, use_ema: bool = False) -> tuple[MobileNetV1, ModelArgs]:
+    if (ckpt.get("config", {}).get("qat") or {}).get("enabled"):
+        raise UserError("this is a QAT checkpoint (a fake-quantized graph), not a float model: use a float "
+                        "checkpoint here (qat.model_from_checkpoint rebuilds a QAT one)")
     args = ModelArgs(**ckpt["model_args"])
     model = MobileNetV1(args)
     state = ckpt["model"]

@@ -95,6 +95,7 @@ def evaluate_checkpoint(ckpt_path: str, items: list[str]) -> dict:
         "eval_preset": cfg.data.eval_preset, "data_root": str(cfg.data.root) if cfg.data.root else None,
         "split": cfg.data.val_split, "epoch": ckpt.get("epoch"), "step": ckpt.get("step"), "device": str(device),
         "amp": opts.amp, "model_args": {**args.to_dict(), "resolution": resolution},
+        "quantization": "int8-qat-fake" if is_qat(ckpt) else "fp32",
     }
     out = Path(opts.out) if opts.out else Path(ckpt_path).with_name("eval.json")
     atomic_write_json(out, result)

@@ -37,6 +37,9 @@ def load_init(cfg: DictConfig) -> dict | None:
     if not path:
         return None
     init = load_checkpoint(Path(str(path)).expanduser())
+    if (init["config"].get("qat") or {}).get("enabled"):
+        raise UserError(f"model.init={path} is a QAT checkpoint (a fake-quantized graph): start from a float "
+                        f"checkpoint (resume a QAT run with trainer.resume=PATH; export it with mobilenet-export)")
     stored = init["model_args"]
     changed = []
     for key in ARCH_KEYS:

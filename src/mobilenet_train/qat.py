@@ -112,7 +112,7 @@ class QatModel(nn.Module):
         self.qat = graph
         self.param_kinds = {f"qat.{k}": v for k, v in param_kinds.items()}  # for the weight-decay groups
         self.bn_frozen = False
-        self._graph_mode = (True, False)  # (train, BN frozen) the graph is in: exported in train mode
+        self._bn_eval = False  # the graph's BN uses running statistics (exported in train mode: no)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.qat(x)
@@ -125,14 +125,12 @@ class QatModel(nn.Module):
     def _set_graph_mode(self) -> None:
         from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
 
-        want = (self.training, self.bn_frozen)
-        if want == self._graph_mode:
+        # The graph has no dropout: only BN differs, so a rewrite (slow: pattern matching) only when BN changes.
+        bn_eval = not self.training or self.bn_frozen
+        if bn_eval == self._bn_eval:
             return
-        if self.training and not self.bn_frozen:
-            move_exported_model_to_train(self.qat)
-        else:  # eval, or train with frozen BN: BN on its running statistics (the graph has no dropout)
-            move_exported_model_to_eval(self.qat)
-        self._graph_mode = want
+        (move_exported_model_to_eval if bn_eval else move_exported_model_to_train)(self.qat)
+        self._bn_eval = bn_eval
 
     def freeze_bn(self) -> None:
         self.bn_frozen = True

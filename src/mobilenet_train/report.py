@@ -74,6 +74,11 @@ class Result:
     epochs_total: int | None = None
     in_progress: bool = False
     history: list[dict] = field(default_factory=list)  # the metrics lines, for TensorBoard
+    quantization: str = "fp32"    # eval.json of an exported file: int8-ptq, int8-qat, uint8-google, ...
+
+    @property
+    def quantized(self) -> bool:
+        return self.quantization != "fp32"
 
     @property
     def model(self) -> str:
@@ -175,8 +180,9 @@ def load_eval(path: Path, name: str) -> Result:
         name=name, source="eval", path=str(path), variant=str(r.get("variant", "separable")), alpha=float(r["alpha"]),
         resolution=int(r["resolution"]), dataset=r.get("dataset"), top1=float(r["top1"]), top5=r.get("top5"),
         mult_adds=int(r["mult_adds"]), params=int(r["params"]), images_per_sec=r.get("images_per_sec"),
-        epoch=r.get("epoch"), history=[{"epoch": r.get("epoch") or 0, "step": r.get("step") or 0,
-                                        "val_top1": r["top1"], "val_top5": r.get("top5"), "val_loss": r.get("loss")}],
+        quantization=str(r.get("quantization") or "fp32"), epoch=r.get("epoch"),
+        history=[{"epoch": r.get("epoch") or 0, "step": r.get("step") or 0,
+                  "val_top1": r["top1"], "val_top5": r.get("top5"), "val_loss": r.get("loss")}],
     )
 
 
@@ -202,8 +208,9 @@ def _candidates(given: Path) -> list[tuple[str, Path]]:
         here = Path(dirpath)
         if _is_run_dir(here):
             found.append(("train", here))
-        if "eval.json" in filenames:
-            found.append(("eval", here / "eval.json"))
+        # eval.json of a checkpoint; FILE.eval.json of an exported file (mobilenet-eval FILE.tflite)
+        for name in sorted(f for f in filenames if f == "eval.json" or f.endswith(".eval.json")):
+            found.append(("eval", here / name))
     return found
 
 
@@ -376,7 +383,8 @@ def _published_for(r: Result) -> dict:
     return out
 
 
-CSV_COLUMNS = ["model", "variant", "alpha", "resolution", "name", "source", "dataset", "epoch", "epochs_total",
+CSV_COLUMNS = ["model", "variant", "alpha", "resolution", "quantization", "name", "source", "dataset", "epoch",
+               "epochs_total",
                "in_progress", "top1", "top5", "mult_adds", "params", "images_per_sec", "pareto_mult_adds",
                "pareto_params", "paper_tables", "paper_top1", "paper_top1_diff", "paper_mult_adds_m",
                "paper_params_m", "tfslim_model", "tfslim_top1", "tfslim_top5", "tfslim_top1_diff", "tfslim_top5_diff",
@@ -399,7 +407,8 @@ def rows(results: list[Result], latency: dict[tuple, Latency] | None = None) -> 
     front_p = {i for f in frontier(results, "params") for i in f}
     out = []
     for i, r in enumerate(results):
-        row = {k: getattr(r, k) for k in ("model", "variant", "alpha", "resolution", "name", "source", "dataset",
+        row = {k: getattr(r, k) for k in ("model", "variant", "alpha", "resolution", "quantization", "name", "source",
+                                          "dataset",
                                           "epoch", "epochs_total", "in_progress", "top1", "top5", "mult_adds",
                                           "params", "images_per_sec", "path")}
         row.update(pareto_mult_adds=i in front_ma, pareto_params=i in front_p, **_published_for(r),
@@ -430,9 +439,10 @@ def _epoch(row: dict) -> str:
 
 
 def results_table(table: list[dict]) -> list[str]:
-    lines = ["| model | alpha | resolution | run | data | epoch | top-1 | top-5 | mult-adds (M) | params (M) | "
-             "images/s | paper top-1 (Δ) | TF-slim top-1 / top-5 (Δ) | latency ms eager / fp32 / int8 | Pareto |",
-             "|---|---:|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|"]
+    lines = ["| model | alpha | resolution | precision | run | data | epoch | top-1 | top-5 | mult-adds (M) | "
+             "params (M) | images/s | paper top-1 (Δ) | TF-slim top-1 / top-5 (Δ) | latency ms eager / fp32 / int8 | "
+             "Pareto |",
+             "|---|---:|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|"]
     for r in table:
         paper = f"{r['paper_top1']} ({_f(r['paper_top1_diff'], 1, True)})" if r["paper_top1"] is not None else "–"
         slim = (f"{r['tfslim_top1']} / {r['tfslim_top5']} ({_f(r['tfslim_top1_diff'], 1, True)} / "
@@ -440,7 +450,8 @@ def results_table(table: list[dict]) -> list[str]:
         speed = f"{r['images_per_sec']:.0f} ({r['source']})" if _number(r["images_per_sec"]) else "–"
         lat = (" / ".join(_f(r[k]) for k in ("latency_eager_ms", "latency_fp32_ms", "latency_int8_ms"))
                if r.get("latency_threads") else "–")
-        lines.append(f"| {r['model']} | {r['alpha']} | {r['resolution']} | {r['name']} | {r['dataset'] or '?'} | "
+        lines.append(f"| {r['model']} | {r['alpha']} | {r['resolution']} | {r['quantization']} | {r['name']} | "
+                     f"{r['dataset'] or '?'} | "
                      f"{_epoch(r)} | {_f(r['top1'])} | {_f(r['top5'])} | {_millions(r['mult_adds'])} | "
                      f"{_millions(r['params'])} | {speed} | {paper} | {slim} | {lat} | "
                      f"{'✓' if r['pareto_mult_adds'] else ''} |")
@@ -538,7 +549,8 @@ def _plot_runs(ax, results: list[Result], colors: dict, x: str) -> None:
     """The runs: one line per (data, variant, alpha) through its resolutions; hollow = still in progress."""
     groups: dict[tuple, list[Result]] = {}
     for r in results:
-        groups.setdefault((r.dataset or "?", r.variant, r.alpha), []).append(r)
+        if not r.quantized:  # exported int8 files: in the latency figure, beside their fp32 model
+            groups.setdefault((r.dataset or "?", r.variant, r.alpha), []).append(r)
     for (_, variant, alpha), rs in sorted(groups.items(),
                                           key=lambda kv: (kv[0][0], kv[0][1] != "separable", -kv[0][2])):
         rs.sort(key=lambda r: getattr(r, x))
@@ -628,7 +640,7 @@ def latency_figure(results: list[Result], latency: dict[tuple, Latency]):
     alphas = sorted({r.alpha for r in results}, reverse=True)
     colors = {a: f"C{i % 10}" for i, a in enumerate(alphas)}
     styles = {"latency_eager_ms": (":", "white"), "latency_fp32_ms": ("-", None), "latency_int8_ms": ("--", None)}
-    matched = [r for r in results if r.key() in latency]
+    matched = [r for r in results if r.key() in latency and not r.quantized]
     groups: dict[tuple, list[Result]] = {}
     for r in matched:
         groups.setdefault((r.dataset or "?", r.variant, r.alpha), []).append(r)
@@ -645,10 +657,13 @@ def latency_figure(results: list[Result], latency: dict[tuple, Latency]):
                 for xv, yv, rv in pts:
                     ax.annotate(str(rv), (xv, yv), textcoords="offset points", xytext=(5, 5), fontsize=8,
                                 color=colors[alpha])
+    shown = _plot_quantized(ax, [r for r in results if r.key() in latency and r.quantized], latency, colors)
     entries = [(Line2D([], [], color=colors[a], linewidth=4), f"α = {a}") for a in alphas]
     entries += [(Line2D([], [], color="0.3", linestyle=":", marker="o", markerfacecolor="white"), "eager PyTorch fp32"),
                 (Line2D([], [], color="0.3", linestyle="-", marker="o"), "fastest fp32 export"),
-                (Line2D([], [], color="0.3", linestyle="--", marker="o"), "fastest int8 export")]
+                (Line2D([], [], color="0.3", linestyle="--", marker="o"), "fastest int8 export (fp32 top-1)")]
+    entries += [(Line2D([], [], color="0.3", linestyle="none", marker=QUANTIZED_MARKERS.get(q, "P"), markersize=9),
+                 f"{q} file's own top-1") for q in shown]
     ax.legend(*zip(*entries), loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
     cpus = ", ".join(sorted({lat.cpu for lat in latency.values()}))
     ax.set_title(f"Top-1 accuracy vs measured latency (batch 1, {LATENCY_THREADS} thread, {cpus})\n"
@@ -658,6 +673,23 @@ def latency_figure(results: list[Result], latency: dict[tuple, Latency]):
     ax.grid(True, which="major", alpha=0.4)
     ax.grid(True, which="minor", alpha=0.15)
     return fig
+
+
+QUANTIZED_MARKERS = {"int8-ptq": "X", "int8-qat": "*", "uint8-google": "P"}
+
+
+def _plot_quantized(ax, results: list[Result], latency: dict[tuple, Latency], colors: dict) -> list[str]:
+    """Scored int8 files (eval.json of mobilenet-eval FILE): their own top-1 at the int8 latency of
+    their architecture, one marker per kind (PTQ, QAT, Google's); returns the kinds shown."""
+    kinds = []
+    for r in results:
+        x = latency[r.key()].int8_ms
+        if x is None:
+            continue
+        ax.plot([x], [r.top1], linestyle="none", marker=QUANTIZED_MARKERS.get(r.quantization, "P"), markersize=11,
+                color=colors.get(r.alpha, "0.3"), markeredgecolor="black", gid=f"quantized:{r.quantization}")
+        kinds += [r.quantization] if r.quantization not in kinds else []
+    return kinds
 
 
 def save_png(fig, path: Path) -> None:

@@ -86,8 +86,10 @@ def describe(path: Path, fmt: str) -> dict:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise UserError(f"{path} is not a readable {fmt} file ({type(e).__name__}: {first})") from None
     model = MobileNetV1(ModelArgs(**meta["model_args"]))
+    precision = meta.get("precision", "fp32")
+    quantization = precision if precision == "fp32" else f"{precision}-{meta.get('quantization', 'ptq')}"
     return {"meta": meta, "model": model, "drop_background": False, "nhwc": False, "probabilities": False,
-            "quantization": meta.get("precision", "fp32")}
+            "quantization": quantization}
 
 
 def _foreign_tflite(path: Path) -> dict:
@@ -102,7 +104,7 @@ def _foreign_tflite(path: Path) -> dict:
     weights = src.details["weight_dtype"]
     return {"meta": meta, "model": model, "drop_background": bool(info["dropped_background"]), "nhwc": True,
             "probabilities": "SOFTMAX" in src.details["ops"],
-            "quantization": "fp32" if weights == "float32" else f"{weights} weights (the file's own)"}
+            "quantization": "fp32" if weights == "float32" else f"{weights}-google"}
 
 
 def file_config(meta: dict, rest: list[str]) -> DictConfig:

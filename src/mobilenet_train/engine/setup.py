@@ -138,10 +138,7 @@ def _qat_model(cfg: DictConfig, model: nn.Module, weights: dict | None, init: di
     and the freezing due at `step`."""
     from .. import qat
 
-    if init is not None:
-        if qat.is_qat(init):
-            raise UserError(f"model.init={cfg.model.init} is a QAT checkpoint: start QAT from a float checkpoint "
-                            f"(or resume the QAT run with trainer.resume=PATH)")
+    if init is not None:  # a float one (finetune.load_init refuses QAT checkpoints)
         finetune.load_init_weights(model, init, cfg.model.init)
     model = qat.prepare(model, cfg.qat)
     if weights is not None:

@@ -1,0 +1,133 @@
+"""Quantization-aware training (qat.py through the trainer) and the export of its int8 state: the fake-quant
+graph is there and trained, freezing happens at its steps, a QAT run resumes bit-identically on CPU, the
+export equals the fake-quantized model on real images, and bad input is one line."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import fit_in_process, leftovers
+from torchao.quantization.pt2e import FakeQuantizeBase
+
+from mobilenet_train import qat
+from mobilenet_train.checkpoint import load_checkpoint
+from mobilenet_train.cli.export import main as export_main
+from mobilenet_train.deploy.export import export
+from mobilenet_train.deploy.formats import FORMATS
+from mobilenet_train.deploy.inputs import checkpoint_images
+from mobilenet_train.deploy.verify import QAT_TOLERANCE
+from mobilenet_train.errors import UserError
+from mobilenet_train.evaluation import evaluate_checkpoint, evaluate_file
+
+# 240 shapes images at batch 40: 6 steps an epoch. BN frozen after step 3, observers after step 8.
+QAT = ["trainer.deterministic=true", "qat.enabled=true", "qat.target=executorch", "qat.freeze_bn_steps=3",
+       "qat.freeze_observer_steps=8", "distill.alpha=1.0", "optim.lr=0.5"]
+
+
+# Each QAT fit captures and prepares the graph (tens of seconds on 2 cores): the tests on trained QAT runs are slow.
+@pytest.fixture(scope="module")
+def qat_runs(trained_run, tmp_path_factory):
+    """{straight: 2 epochs, split: 1 epoch then resumed to 2, epoch1: split's checkpoint after epoch 1}."""
+    before = torch.are_deterministic_algorithms_enabled()
+    init = trained_run / "checkpoints" / "best.pt"
+    common = [*QAT, f"model.init={init}", f"distill.teacher={init}"]
+    root = tmp_path_factory.mktemp("qat")
+    fit_in_process(root / "straight", *common, "trainer.epochs=2")
+    fit_in_process(root / "split", *common, "trainer.epochs=1")
+    epoch1 = load_checkpoint(root / "split" / "checkpoints" / "last.pt")
+    fit_in_process(root / "split", *common, "trainer.epochs=2")
+    torch.use_deterministic_algorithms(before)
+    return {"straight": root / "straight", "split": root / "split", "epoch1": epoch1, "init": init}
+
+
+def _last(run_dir) -> dict:
+    return load_checkpoint(run_dir / "checkpoints" / "last.pt")
+
+
+def _entries(state: dict, part: str) -> dict:
+    return {k: v for k, v in state.items() if part in k}
+
+
+@pytest.mark.slow
+def test_fake_quant_graph_is_trained_and_frozen_at_its_steps(qat_runs):
+    first, last = qat_runs["epoch1"], _last(qat_runs["straight"])
+    assert (first["step"], last["step"]) == (6, 12)
+    model = qat.model_from_checkpoint(last)
+    fake_quants = [m for m in model.modules() if isinstance(m, FakeQuantizeBase)]
+    assert len(fake_quants) >= 28  # 27 convs + the classifier: weights and activations
+    # Observers ran until step 8: the ranges moved between steps 6 and 12, and are switched off at 12.
+    ranges = [k for k in _entries(last["model"], "activation_post_process") if k.endswith(".scale")]
+    assert any(not torch.equal(first["model"][k], last["model"][k]) for k in ranges)
+    observing = _entries(last["model"], "observer_enabled")
+    assert observing and all(int(v) == 0 for v in observing.values())
+    assert all(int(v) == 1 for v in _entries(first["model"], "observer_enabled").values())
+    # BN statistics froze at step 3: equal at steps 6 and 12, moved away from the float model's before.
+    init = load_checkpoint(qat_runs["init"])["model"]
+    assert not torch.equal(first["model"]["qat.stem.bn.running_mean"], init["stem.bn.running_mean"])
+    assert torch.equal(first["model"]["qat.stem.bn.running_mean"], last["model"]["qat.stem.bn.running_mean"])
+    assert not torch.equal(first["model"]["qat.stem.conv.weight"], last["model"]["qat.stem.conv.weight"])
+
+
+@pytest.mark.slow
+def test_qat_checkpoint_resumes_bit_identically(qat_runs):
+    a, b = _last(qat_runs["straight"]), _last(qat_runs["split"])
+    assert a["model"].keys() == b["model"].keys()
+    different = [k for k in a["model"] if not torch.equal(a["model"][k], b["model"][k])]
+    assert different == []
+    assert a["config"]["distill"]["teacher"] == str(qat_runs["init"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["executorch", "onnx"])
+def test_export_from_qat_equals_the_fake_quantized_model_on_real_images(qat_runs, fmt, tmp_path):
+    ckpt = qat_runs["straight"] / "checkpoints" / "last.pt"
+    val = next(p for p in checkpoint_images(load_checkpoint(ckpt), "val")[0].parents if p.name == "val")
+    out = tmp_path / f"q{FORMATS[fmt]}"
+    r = export(str(ckpt), fmt, out=str(out), eval_dir=str(val), num_verify=16, max_batch=8)
+    v = r.verification
+    assert r.precision == "int8" and "of the checkpoint's data" in r.inputs and v["reference"] == "fake-quantized"
+    assert v["top1_agreement"] == 1.0 and v["max_rel_error"] <= QAT_TOLERANCE and v["num_images"] == 16
+    # All 80 val images: the file's top-1 is the fake-quantized model's, as mobilenet-eval scores both.
+    assert r.accuracy["exported_top1"] == pytest.approx(r.accuracy["pytorch_fp32_top1"], abs=2.5)
+    scored = evaluate_file(str(out), ["data.num_workers=0", "progress=false", f"out={tmp_path / 'f.json'}"])
+    assert scored["top1"] == pytest.approx(r.accuracy["exported_top1"], abs=1e-9)
+    fq = evaluate_checkpoint(str(ckpt), ["data.num_workers=0", "progress=false", f"out={tmp_path / 'c.json'}",
+                                         "device=cpu"])
+    assert fq["top1"] == pytest.approx(r.accuracy["pytorch_fp32_top1"], abs=1e-9)
+    assert leftovers(tmp_path) == sorted(["c.json", "f.json", out.name])
+
+
+def _fails(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        export_main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and err[0].startswith("mobilenet-export: error:"), err
+    return err[0]
+
+
+@pytest.mark.slow
+def test_a_qat_checkpoint_where_it_does_not_fit_is_one_line(qat_runs, tmp_path, capsys):
+    ckpt = str(qat_runs["straight"] / "checkpoints" / "last.pt")
+    out = f"out={tmp_path / 'q.tflite'}"
+    assert "trained for qat.target=executorch" in _fails([ckpt, "--format", "tflite", out], capsys)
+    assert "drop calibration=" in _fails([ckpt, "--format", "executorch", out, f"calibration={tmp_path}"], capsys)
+    assert leftovers(tmp_path) == []
+    with pytest.raises(UserError, match="is a QAT checkpoint"):
+        fit_in_process(tmp_path / "run", *QAT, f"model.init={ckpt}", f"distill.teacher={ckpt}")
+    assert leftovers(tmp_path) == []
+
+
+def test_a_float_checkpoint_where_a_qat_one_is_needed_is_refused(trained_run, tmp_path):
+    float_ckpt = trained_run / "checkpoints" / "last.pt"
+    with pytest.raises(UserError, match="holds a float model, not a QAT one"):
+        qat.model_from_checkpoint(load_checkpoint(float_ckpt))
+    with pytest.raises(UserError, match=r"qat.enabled=false \(config: true\)"):  # a float run resumed as QAT
+        fit_in_process(tmp_path / "run", *QAT, f"trainer.resume={float_ckpt}")
+    with pytest.raises(UserError, match="does not combine with trainer.compile=true"):
+        fit_in_process(tmp_path / "run", *QAT, "trainer.compile=true")
+    assert leftovers(tmp_path) == []
+
+
+def test_experiment_qat_distils_from_the_float_model(compose):
+    cfg = compose("+experiment=qat", "model.init=float.pt", "data.root=/data")
+    assert cfg.qat.enabled and cfg.distill.teacher == "float.pt" and cfg.distill.alpha == 1.0
