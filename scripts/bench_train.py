@@ -19,6 +19,7 @@ Usage:
     python scripts/bench_train.py --alpha 0.25 --resolution 128 --batch 32 --compile
     python scripts/bench_train.py --device cuda --amp fp16 --batch 256 --json bench.json
     python scripts/bench_train.py --batch 64 trainer.ema.enabled=true   # extra config overrides
+    python scripts/bench_train.py --alpha 0.75 --resolution 224 --batch 16 --qat tflite  # + the QAT step, same run
 """
 
 from __future__ import annotations
@@ -56,12 +57,13 @@ class Variant:
     compile: bool
     channels_last: bool
     amp: str  # none | bf16 | fp16
+    qat: str | None = None  # a qat.target: the fake-quantized QAT model (qat.prepare) instead of the float one
 
     @property
     def name(self) -> str:
         return (f"toolkit {'compile' if self.compile else 'eager'} "
                 f"{'channels_last' if self.channels_last else 'contiguous'} "
-                f"{'fp32' if self.amp == 'none' else self.amp}")
+                f"{'fp32' if self.amp == 'none' else self.amp}{f' QAT ({self.qat})' if self.qat else ''}")
 
 
 def overrides_for(ns, variant: Variant | None) -> list[str]:
@@ -70,6 +72,8 @@ def overrides_for(ns, variant: Variant | None) -> list[str]:
     if variant is not None:
         o += [f"trainer.amp={variant.amp}", f"trainer.channels_last={str(variant.channels_last).lower()}",
               f"trainer.compile={str(variant.compile).lower()}"]
+        if variant.qat:
+            o += ["qat.enabled=true", f"qat.target={variant.qat}"]
     return o + list(ns.overrides)  # the user's extra overrides win
 
 
@@ -79,11 +83,15 @@ def choose_variants(ns) -> list[Variant]:
         return [Variant(c, cl, amp) for c in compiles for cl in (True, False) for amp in ("none", "bf16")]
     # A flag left out means "the toolkit's configured default" (trainer/default.yaml).
     tcfg = compose_config(overrides_for(ns, None)).trainer
-    return [Variant(
+    float_variant = Variant(
         compile=bool(tcfg.compile) if ns.compile is None else ns.compile,
         channels_last=bool(tcfg.channels_last) if ns.channels_last is None else ns.channels_last,
         amp=str(tcfg.amp) if ns.amp is None else ns.amp,
-    )]
+    )
+    if not ns.qat:
+        return [float_variant]
+    # The QAT step beside the float one, interleaved in the same run (QAT does not compile).
+    return [float_variant, Variant(False, float_variant.channels_last, float_variant.amp, qat=ns.qat)]
 
 
 # ----------------------------------------------------------------------------- data
@@ -131,6 +139,10 @@ class ToolkitRunner:
         torch.manual_seed(int(cfg.seed))
         model, args = build_model(cfg.model)
         self.model_args = args
+        if variant.qat:  # as fit builds it: captured and prepared on the CPU, then moved
+            from mobilenet_train.qat import prepare
+
+            model = prepare(model, cfg.qat)
         model.to(device)
         if tcfg.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -305,6 +317,8 @@ def parse_args(argv=None):
                    help="all of {eager, compile} x {channels_last, contiguous} x {fp32, bf16}")
     p.add_argument("--no-compile-in-matrix", action="store_true", help="leave compile out of --matrix")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--qat", choices=("tflite", "executorch", "onnx"), default=None,
+                   help="also time the QAT step (fake-quantized for this qat.target) in the same run")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="extra config overrides for the toolkit")
     ns = p.parse_args(argv)
     if ns.steps < 1 or ns.warmup < 1 or ns.repeats < 1 or ns.batch < 1:

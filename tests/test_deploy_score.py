@@ -22,7 +22,9 @@ def _val_dir(ckpt_path):
     return next(p for p in checkpoint_images(load_checkpoint(ckpt_path), "val")[0].parents if p.name == "val")
 
 
-@pytest.mark.parametrize("fmt", list(FORMATS))
+# ExecuTorch's and TF-Lite's int8 conversions take tens of seconds on 2 cores: ONNX in the fast set.
+@pytest.mark.parametrize("fmt", ["onnx", pytest.param("executorch", marks=pytest.mark.slow),
+                                 pytest.param("tflite", marks=pytest.mark.slow)])
 def test_eval_of_each_int8_format_equals_the_exports_top1(trained_run, fmt, tmp_path):
     ckpt = trained_run / "checkpoints" / "best.pt"
     out = tmp_path / f"m.int8{FORMATS[fmt]}"

@@ -21,7 +21,7 @@ from mobilenet_train.evaluation import evaluate_checkpoint, evaluate_file
 
 # 240 shapes images at batch 40: 6 steps an epoch. BN frozen after step 3, observers after step 8.
 QAT = ["trainer.deterministic=true", "qat.enabled=true", "qat.target=executorch", "qat.freeze_bn_steps=3",
-       "qat.freeze_observer_steps=8", "distill.alpha=1.0", "optim.lr=0.5"]
+       "qat.freeze_observer_steps=8", "distill.alpha=1.0"]
 
 
 # Each QAT fit captures and prepares the graph (tens of seconds on 2 cores): the tests on trained QAT runs are slow.
