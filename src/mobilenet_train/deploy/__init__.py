@@ -15,4 +15,8 @@ match PyTorch. The modules, in the order an export uses them:
                   write and run one format each; imported only when that format is asked for
     verify.py     the exported file against PyTorch, and top-1 on a labelled folder
     latency.py    mobilenet-bench latency; profile.py: mobilenet-bench profile
+    score.py      mobilenet-eval FILE.onnx|.pte|.tflite: an exported file scored in its runtime
+
+A QAT checkpoint (qat.py) exports int8 from its trained ranges (export.export_qat), checked
+against its fake-quantized model (verify.verify_qat).
 """
