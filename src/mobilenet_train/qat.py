@@ -112,6 +112,7 @@ class QatModel(nn.Module):
         self.qat = graph
         self.param_kinds = {f"qat.{k}": v for k, v in param_kinds.items()}  # for the weight-decay groups
         self.bn_frozen = False
+        self.observers_frozen = False
         self._bn_eval = False  # the graph's BN uses running statistics (exported in train mode: no)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -120,7 +121,13 @@ class QatModel(nn.Module):
     def train(self, mode: bool = True):
         self.training = mode
         self._set_graph_mode()
+        self._set_observing(mode and not self.observers_frozen)  # evaluating must not move the ranges
         return self
+
+    def _set_observing(self, on: bool) -> None:
+        from torchao.quantization.pt2e import disable_observer, enable_observer
+
+        self.qat.apply(enable_observer if on else disable_observer)
 
     def _set_graph_mode(self) -> None:
         from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
@@ -137,9 +144,8 @@ class QatModel(nn.Module):
         self._set_graph_mode()
 
     def freeze_observers(self) -> None:
-        from torchao.quantization.pt2e import disable_observer
-
-        self.qat.apply(disable_observer)
+        self.observers_frozen = True
+        self._set_observing(False)
 
 
 def prepare(model: MobileNetV1, qcfg) -> QatModel:
