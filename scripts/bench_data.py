@@ -10,11 +10,12 @@ collate on this process's one core: what one loader worker does), batch --batch,
 first --images images. Baseline: ImageFolder + PIL (full decode, convert RGB) + transforms.v2
 RandomResizedCrop / RandomHorizontalFlip (eval: Resize / CenterCrop) + ToImage / ToDtype(float)
 / Normalize, default collate. Toolkit: mobilenet_train.data's transforms and collate (draft
-decode, crop before resize, uint8 NHWC). Shards (with --shards or --pack): the same toolkit
-transforms reading `mobilenet-data pack` shards. Runs go B T [S] [S] T B ...; the printed
-ratio is the median of the per-chunk ratios (--chunk images per timed run, the order
-reversed every other chunk), so a changing machine load hits both sides alike. Set
-OMP_NUM_THREADS=1 and check the load first.
+decode, crop before resize, uint8 NHWC). With --auto-augment STR both train pipelines add that
+augmentation, and the baseline is timm's own `create_transform(..., auto_augment=STR)`.
+Shards (with --shards or --pack): the same toolkit transforms reading `mobilenet-data pack`
+shards. Runs go B T [S] [S] T B ...; the printed ratio is the median of the per-chunk ratios
+(--chunk images per timed run, the order reversed every other chunk), so a changing machine
+load hits both sides alike. Set OMP_NUM_THREADS=1 and check the load first.
 """
 
 from __future__ import annotations
@@ -38,12 +39,19 @@ from mobilenet_train.config.schema import DataConfig
 from mobilenet_train.data import NORMALIZATION, collate, eval_resize_size, eval_transform, image_folder, train_transform
 
 
-def data_cfg(min_crop_area: float):
-    return OmegaConf.structured(DataConfig(min_crop_area=min_crop_area))  # the schema's defaults otherwise
+def data_cfg(min_crop_area: float, auto_augment: str | None = None):
+    # the schema's defaults otherwise
+    return OmegaConf.structured(DataConfig(min_crop_area=min_crop_area, auto_augment=auto_augment))
 
 
-def baseline_transform(train: bool, resolution: int, min_crop_area: float):
+def baseline_transform(train: bool, resolution: int, min_crop_area: float, auto_augment: str | None = None):
     mean, std = NORMALIZATION["inception"]
+    if train and auto_augment:
+        # timm's own training pipeline: PIL decode, RandomResizedCrop, flip, the augmentation, float + normalise.
+        from timm.data import create_transform
+
+        return create_transform(resolution, is_training=True, scale=(min_crop_area, 1.0), hflip=0.5,
+                                auto_augment=auto_augment, interpolation="bilinear", mean=mean, std=std)
     if train:
         geometry = [v2.RandomResizedCrop(resolution, scale=(min_crop_area, 1.0), antialias=True),
                     v2.RandomHorizontalFlip()]
@@ -80,6 +88,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--shards", type=Path, default=None, help="shards written by mobilenet-data pack of DIR")
     parser.add_argument("--pack", action="store_true",
                         help="pack DIR into temporary shards first (--max-side 320 --quality 90)")
+    parser.add_argument("--auto-augment", default=None,
+                        help="train with this data.auto_augment (e.g. rand-m9-mstd0.5); the baseline is then timm's "
+                             "create_transform(..., auto_augment=...)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     ns = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -103,6 +114,8 @@ def main(argv=None) -> dict:
     folder_bytes = sum(p.stat().st_size for p in (root / split).rglob("*") if p.is_file())
 
     results = []
+    if ns.auto_augment:
+        print(f"train with auto_augment={ns.auto_augment}: baseline = timm create_transform")
     print(f"images/s per worker (num_workers=0, one core), {root / split}, batch {ns.batch}, "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, load {os.getloadavg()[0]:.2f}")
     header = f"{'pipeline':<8}{'px':>5}{'images':>8}{'baseline':>10}{'toolkit':>10}{'ratio':>8}"
@@ -111,9 +124,10 @@ def main(argv=None) -> dict:
     print(header)
     for train in (True, False):
         for res in ns.resolutions:
-            cfg = data_cfg(ns.min_crop_area)
+            cfg = data_cfg(ns.min_crop_area, ns.auto_augment)
             base_set = datasets.ImageFolder(str(root / split),
-                                            transform=baseline_transform(train, res, ns.min_crop_area))
+                                            transform=baseline_transform(train, res, ns.min_crop_area,
+                                                                         ns.auto_augment))
             kit_set = image_folder(root, split, train_transform(cfg, res) if train else eval_transform(cfg, res))
             n = min(ns.images or len(base_set), len(base_set))
             chunks = [range(i, min(i + ns.chunk, n)) for i in range(0, n, ns.chunk)]
@@ -163,6 +177,7 @@ def main(argv=None) -> dict:
             print(line, flush=True)
             results.append(row)
     out = {"dir": str(root / split), "batch": ns.batch, "repeats": ns.repeats, "load": os.getloadavg()[0],
+           "auto_augment": ns.auto_augment,
            "folder_bytes": folder_bytes, "results": results}
     if shard_info:
         out["shard_bytes"] = shard_info["bytes"]

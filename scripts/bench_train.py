@@ -20,6 +20,7 @@ Usage:
     python scripts/bench_train.py --device cuda --amp fp16 --batch 256 --json bench.json
     python scripts/bench_train.py --batch 64 trainer.ema.enabled=true   # extra config overrides
     python scripts/bench_train.py --alpha 0.75 --resolution 224 --batch 16 --qat tflite  # + the QAT step, same run
+    python scripts/bench_train.py --alpha 0.25 --resolution 128 --batch 32 --teacher-alpha 1.0   # a teacher's cost
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from mobilenet_train.config import compose as compose_config
 from mobilenet_train.data import NORMALIZATION, DevicePreprocess, FakeImages, build_loader
 from mobilenet_train.distributed import DistInfo
 from mobilenet_train.engine import TrainParts, TrainState, autocast_dtype, resolve_device, train_one_epoch
+from mobilenet_train.engine.distill import build_distiller
 from mobilenet_train.errors import UserError
 from mobilenet_train.model import ModelArgs, build_model, mobilenet_v1
 from mobilenet_train.optim import build_optimizer, build_scheduler, scaled_lr
@@ -128,9 +130,9 @@ def sync(device: torch.device) -> None:
 class ToolkitRunner:
     """The toolkit's parts, built as in engine.fit; `run` is one train_one_epoch call."""
 
-    def __init__(self, ns, variant: Variant):
+    def __init__(self, ns, variant: Variant, teacher: Path | None = None):
         self.variant = variant
-        cfg = compose_config(overrides_for(ns, variant))
+        cfg = compose_config(overrides_for(ns, variant) + ([f"distill.teacher={teacher}"] if teacher else []))
         tcfg = self.tcfg = cfg.trainer
         if int(tcfg.accum_steps) != 1:
             raise UserError("trainer.accum_steps must be 1 here: the benchmark times optimizer steps of --batch images")
@@ -160,7 +162,10 @@ class ToolkitRunner:
         train_model = torch.compile(model) if tcfg.compile else model
         loss_fn = nn.CrossEntropyLoss(label_smoothing=float(cfg.optim.label_smoothing))
         prep = DevicePreprocess(cfg.data.normalization, device, bool(tcfg.channels_last))
-        self.parts = TrainParts(model, train_model, optimizer, scheduler, scaler, loss_fn, prep, amp, ema)
+        classes = [str(i) for i in range(args.num_classes)]
+        distill = build_distiller(cfg, classes, device, amp)  # the teacher, on the student's batch as in fit
+        self.parts = TrainParts(model, train_model, optimizer, scheduler, scaler, loss_fn, prep, amp, ema,
+                                distill=distill)
         self.state = TrainState()
         self.batches = make_batches(cfg, args, batch, device)
         self.cfg = cfg
@@ -294,6 +299,28 @@ def print_table(rows: list[dict]) -> None:
               f"{r['ratio_min']:5.2f} - {r['ratio_max']:5.2f}x | {warm:>13}{note}")
 
 
+def teacher_checkpoint(ns) -> Path:
+    """A teacher of --teacher-alpha at --resolution with random weights (the cost does not depend on them)."""
+    import tempfile
+
+    from mobilenet_train.deploy.latency import random_checkpoint
+
+    path = Path(tempfile.mkdtemp(prefix="bench-teacher-")) / f"teacher_{ns.teacher_alpha}.pt"
+    return random_checkpoint([f"model.alpha={ns.teacher_alpha}", f"model.resolution={ns.resolution}",
+                              "data.num_classes=1000"], path)
+
+
+def print_teacher_cost(rows: list[dict], teacher_alpha: float) -> None:
+    """Each variant with a teacher against itself without: both ratios are to the same baseline."""
+    by_name = {r["name"]: r for r in rows}
+    for r in rows:
+        alone = by_name.get(r["name"].removesuffix(" + teacher"))
+        if r["name"].endswith(" + teacher") and alone and r["samples"] and alone["samples"]:
+            print(f"teacher cost ({alone['name']}, alpha {teacher_alpha} teacher): step time x "
+                  f"{alone['ratio'] / r['ratio']:.2f} (images/s {alone['images_per_sec']:.1f} -> "
+                  f"{r['images_per_sec']:.1f})")
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -316,6 +343,9 @@ def parse_args(argv=None):
     p.add_argument("--matrix", action="store_true",
                    help="all of {eager, compile} x {channels_last, contiguous} x {fp32, bf16}")
     p.add_argument("--no-compile-in-matrix", action="store_true", help="leave compile out of --matrix")
+    p.add_argument("--teacher-alpha", type=float, default=None,
+                   help="also time each variant distilling from a teacher of this alpha (random weights, at "
+                        "--resolution): the teacher's step-time cost")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--qat", choices=("tflite", "executorch", "onnx"), default=None,
                    help="also time the QAT step (fake-quantized for this qat.target) in the same run")
@@ -333,6 +363,9 @@ def main(argv=None) -> int:
     try:
         variants = choose_variants(ns)
         toolkit = [Result(v.name, ToolkitRunner(ns, v)) for v in variants]
+        if ns.teacher_alpha:
+            teacher = teacher_checkpoint(ns)
+            toolkit += [Result(f"{v.name} + teacher", ToolkitRunner(ns, v, teacher)) for v in variants]
     except UserError as e:
         print(f"bench_train: {e}", file=sys.stderr)
         return 2
@@ -376,6 +409,8 @@ def main(argv=None) -> int:
     print("\nimages/s: median of the measurements (min - max beside it); ratio: median over measurements of "
           "images/s / mean of the two baseline measurements around it")
     print("baseline measurements, in order: " + ", ".join(f"{v:.1f}" for v in baseline.samples) + " img/s")
+    if ns.teacher_alpha:
+        print_teacher_cost(rows, ns.teacher_alpha)
     if ns.json:
         ns.json.parent.mkdir(parents=True, exist_ok=True)
         ns.json.write_text(json.dumps({

@@ -63,3 +63,35 @@ def test_loss_follows_timm_train_py():
     hard[:, 1] = 1.0  # the threshold makes the soft targets hard
     expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, hard)
     assert bce(logits, soft).item() == pytest.approx(expected.item())
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device here"))])
+def test_mixing_erasing_and_the_teacher_stay_on_the_device(device):
+    """The CPU twin of the GPU path: random erasing, mixup/cutmix, a teacher at another resolution and
+    normalisation, the loss and its backward; on CUDA with host syncs turned into errors."""
+    from mobilenet_train.engine.distill import Distiller, LoadedTeacher
+    from mobilenet_train.engine.loop import training_loss
+    from mobilenet_train.engine.setup import TrainParts
+
+    dev = torch.device(device)
+    student = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 3)).to(dev)
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 3))
+    cfg = OmegaConf.structured(DataConfig(random_erasing=1.0, mixup=0.2, cutmix=1.0))
+    parts = TrainParts(student, student, None, None, None, build_loss(OmegaConf.structured(OptimConfig()), True),
+                       None, None, None, distill=Distiller(LoadedTeacher(teacher, 8, (0.5,) * 3, (0.5,) * 3, {}), 0.5,
+                                                           2.0, "imagenet", 4, dev, False, None),
+                       batch_augment=build_batch_augment(cfg, 3, 0.1, dev, micro_batch=4))
+    x, y = torch.randn(4, 3, 4, 4, device=dev), torch.tensor([0, 1, 2, 0], device=dev)
+    if device == "cuda":
+        torch.cuda.set_sync_debug_mode("error")
+    try:
+        mixed, target = parts.batch_augment(x.clone(), y)
+        loss = training_loss(parts, student(mixed), mixed, target)
+        loss.backward()
+    finally:
+        if device == "cuda":
+            torch.cuda.set_sync_debug_mode("default")
+    assert target.shape == (4, 3) and torch.isfinite(loss)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in student.parameters())
+    assert all(p.grad is None for p in parts.distill.model.parameters())

@@ -8,6 +8,7 @@
     shards.py      reading WebDataset shards
     samplers.py    the resumable epoch sampler, per-sample seeded augmentation
     gpu.py         data.decode=gpu
+    mixing.py      batch augmentation on the device: random erasing, mixup/cutmix
     loaders.py     build_data, eval_loader: datasets -> loaders
     prepare.py     `mobilenet-data prepare` (ILSVRC2012 archives -> ImageFolder)
     pack.py        `mobilenet-data pack` (ImageFolder -> shards)
