@@ -240,6 +240,8 @@ class DetectionConfig:
     detections_per_img: int = key(100, "detections kept per image after NMS (COCO scores the top 100)", ge=1,
                                   example=100)
     topk_candidates: int = key(400, "candidates per class kept before NMS", ge=1, example=400)
+    augment: str = key("ssd", "training augmentation: ssd (photometric distort, zoom out, IoU crop, flip: SSD's) | "
+                       "flip (only data.hflip: short runs on the embedded set)", choices=("ssd", "flip"))
 
 
 # ----------------------------------------------------------------------------- the whole config

@@ -181,18 +181,24 @@ class SSDMobileNetV1(SSD):
     def blocks(self) -> nn.Module:
         return self.backbone.blocks
 
-    def init_from_classifier(self, state: dict) -> list[str]:
-        """Load a classification checkpoint's stem and blocks into the backbone; returns the keys of the
-        detector left as initialised (extras and head). Raises UserError when the backbone does not fit."""
+    def init_from_checkpoint(self, init: dict, path: str) -> list[str]:
+        """Load `init` (a checkpoint payload) into this detector: a classifier's stem and blocks become the
+        backbone, a detector's weights are taken where their shapes fit (another category count leaves the
+        class predictors new). Returns the names left as initialised; UserError when the backbone does not fit."""
         own = self.state_dict()
-        mapped = {f"backbone.{k}": v for k, v in state.items() if k.startswith(("stem.", "blocks."))}
+        detector = init["model_args"].get("task") == "detection"
+        prefix = "" if detector else "backbone."
+        mapped = {f"{prefix}{k}": v for k, v in init["model"].items()
+                  if detector or k.startswith(("stem.", "blocks."))}
         missing = [k for k in own if k.startswith(("backbone.stem.", "backbone.blocks.")) and k not in mapped]
-        wrong = [k for k, v in mapped.items() if k not in own or own[k].shape != v.shape]
+        wrong = [k for k, v in mapped.items() if k in own and own[k].shape != v.shape and not k.startswith("head.")]
         if missing or wrong:
-            odd = (wrong or missing)[:3]
-            raise UserError(f"the checkpoint's backbone does not fit the detector's: {', '.join(odd)}, ...")
-        self.load_state_dict({**own, **mapped})
-        return [k for k in own if k not in mapped]
+            odd = ", ".join((wrong or missing)[:3])
+            raise UserError(f"model.init={path} does not fit the detector's backbone: no matching weights for "
+                            f"{odd}, ...")
+        kept = {k: v for k, v in mapped.items() if k in own and own[k].shape == v.shape}
+        self.load_state_dict({**own, **kept})
+        return [k for k in own if k not in kept]
 
 
 def build_detector(cfg) -> tuple[SSDMobileNetV1, DetArgs]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from torch import nn
 
 from .. import distributed, finetune
 from ..data import DevicePreprocess
+from ..detection.train import detection_loss
 from ..errors import UserError
 from ..optim import build_optimizer, build_scheduler
 
@@ -127,6 +129,7 @@ class TrainParts:
     amp: torch.dtype | None
     ema: ModelEmaV3 | None
     frozen_backbone: bool = False  # fine-tuning: only the classifier trains
+    forward_loss: Callable | None = None  # task=detection: (train_model, x, targets) -> loss, the model's own
 
 
 def build_parts(cfg: DictConfig, ctx: TrainContext, model: nn.Module, weights: dict | None, init: dict | None,
@@ -155,7 +158,9 @@ def build_parts(cfg: DictConfig, ctx: TrainContext, model: nn.Module, weights: d
     train_model = training_wrapper(model, ctx.dist_info, device, bool(tcfg.compile))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=float(cfg.optim.label_smoothing))
     prep = DevicePreprocess(cfg.data.normalization, device, bool(tcfg.channels_last))
-    return TrainParts(model, train_model, optimizer, scheduler, scaler, loss_fn, prep, ctx.amp, ema, frozen)
+    forward_loss = detection_loss if cfg.task == "detection" else None
+    return TrainParts(model, train_model, optimizer, scheduler, scaler, loss_fn, prep, ctx.amp, ema, frozen,
+                      forward_loss)
 
 
 def training_wrapper(model: nn.Module, dist_info: distributed.DistInfo, device: torch.device,
