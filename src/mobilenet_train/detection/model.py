@@ -237,7 +237,7 @@ class DetectorOutputs(nn.Module):
         n = x.shape[0]
         codes = out["bbox_regression"].reshape(-1, 4)
         boxes = d.box_coder.decode_single(codes, self.anchors.repeat(n, 1)).reshape(n, -1, 4)
-        boxes = boxes.clamp(min=0, max=float(d.args.resolution))
+        boxes = boxes.clamp(min=0.0, max=float(d.args.resolution))
         return boxes, F.softmax(out["cls_logits"], dim=-1)
 
     def postprocess(self, boxes: torch.Tensor, scores: torch.Tensor) -> list[dict]:
