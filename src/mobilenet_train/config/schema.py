@@ -98,6 +98,8 @@ class ShapesDetConfig:
     val_images: int = key(100, "data=shapes_det: validation images", ge=1, example=100)
     max_objects: int = key(3, "data=shapes_det: at most this many objects per image (at least one)", ge=1, le=20,
                            example=3)
+    categories: int = key(10, "data=shapes_det: object categories, the first N of shapes' ten (data.num_classes "
+                          "must agree)", ge=1, le=10, example=10)
 
 
 @dataclass

@@ -41,8 +41,9 @@ def resolve_det_root(data_cfg) -> Path:
     if data_cfg.name == "shapes_det":
         g = data_cfg.shapes_det
         root = Path(data_cfg.root).expanduser() if data_cfg.root else shapes_det.default_root(
-            g.seed, g.image_size, g.train_images, g.val_images, g.max_objects)
-        return shapes_det.generate(root, g.seed, g.image_size, g.train_images, g.val_images, g.max_objects)
+            g.seed, g.image_size, g.train_images, g.val_images, g.max_objects, g.categories)
+        return shapes_det.generate(root, g.seed, g.image_size, g.train_images, g.val_images, g.max_objects,
+                                   g.categories)
     if not data_cfg.root:
         raise UserError(f"data.root is not set: pass data.root=/path/to/coco ({LAYOUT})")
     root = Path(str(data_cfg.root)).expanduser()

@@ -23,9 +23,11 @@ FORMAT_VERSION = 1
 MAX_OVERLAP = 0.0  # objects never overlap, so every box is the whole visible object (a few tries, then fewer)
 
 
-def default_root(seed: int, image_size: int, train_images: int, val_images: int, max_objects: int) -> Path:
+def default_root(seed: int, image_size: int, train_images: int, val_images: int, max_objects: int,
+                 categories: int = len(CLASSES)) -> Path:
     cache = Path(os.environ.get("MOBILENET_TRAIN_CACHE", "~/.cache/mobilenet-train")).expanduser()
-    return cache / f"shapes_det-v{FORMAT_VERSION}-s{seed}-{image_size}px-{train_images}x{val_images}-o{max_objects}"
+    return cache / (f"shapes_det-v{FORMAT_VERSION}-s{seed}-{image_size}px-{train_images}x{val_images}-o{max_objects}"
+                    f"-c{categories}")
 
 
 def _iou(a: tuple, b: tuple) -> float:
@@ -46,7 +48,8 @@ def _place(size: int, boxes: list, rng: random.Random) -> tuple[int, int, int] |
     return None
 
 
-def draw_image(size: int, max_objects: int, rng: random.Random) -> tuple[Image.Image, list[dict]]:
+def draw_image(size: int, max_objects: int, rng: random.Random, categories: int = len(CLASSES)
+               ) -> tuple[Image.Image, list[dict]]:
     """One image and its objects: [{label (0-based class index), box [x1, y1, x2, y2]}], each box the
     exact extent of the drawn object's pixels."""
     img, bg_mean = _background(size, rng)
@@ -56,7 +59,7 @@ def draw_image(size: int, max_objects: int, rng: random.Random) -> tuple[Image.I
         if spot is None:
             continue
         x, y, side = spot
-        label = rng.randrange(len(CLASSES))
+        label = rng.randrange(categories)
         mask = Image.new("L", (size, size), 0)
         mask.paste(_shape_mask(CLASSES[label], side, rng), (x, y))
         extent = mask.point(lambda v: 255 if v >= 128 else 0).getbbox()  # where the object is more than half
@@ -68,7 +71,7 @@ def draw_image(size: int, max_objects: int, rng: random.Random) -> tuple[Image.I
     return img, objects
 
 
-def _coco(split_images: list[tuple[str, list[dict]]], size: int) -> dict:
+def _coco(split_images: list[tuple[str, list[dict]]], size: int, categories: int) -> dict:
     images, annotations = [], []
     for image_id, (name, objects) in enumerate(split_images, start=1):
         images.append({"id": image_id, "file_name": name, "width": size, "height": size})
@@ -76,25 +79,25 @@ def _coco(split_images: list[tuple[str, list[dict]]], size: int) -> dict:
             x1, y1, x2, y2 = obj["box"]
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": obj["label"] + 1,
                                 "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
-    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CLASSES)]
-    return {"images": images, "annotations": annotations, "categories": categories}
+    cats = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CLASSES[:categories])]
+    return {"images": images, "annotations": annotations, "categories": cats}
 
 
-def _write_split(tmp: Path, split: str, count: int, seed: int, size: int, max_objects: int) -> None:
+def _write_split(tmp: Path, split: str, count: int, seed: int, size: int, max_objects: int, categories: int) -> None:
     (tmp / split).mkdir(parents=True)
     written = []
     for i in range(count):
         rng = random.Random(f"shapes_det-{seed}-{split}-{i}")  # one RNG per image
-        img, objects = draw_image(size, max_objects, rng)
+        img, objects = draw_image(size, max_objects, rng, categories)
         name = f"{split}_{i:06d}.jpg"
         img.save(tmp / split / name, quality=90)
         written.append((name, objects))
     (tmp / "annotations").mkdir(exist_ok=True)
-    (tmp / "annotations" / f"instances_{split}.json").write_text(json.dumps(_coco(written, size)))
+    (tmp / "annotations" / f"instances_{split}.json").write_text(json.dumps(_coco(written, size, categories)))
 
 
 def generate(root: Path, seed: int = 0, image_size: int = 160, train_images: int = 1200, val_images: int = 100,
-             max_objects: int = 3) -> Path:
+             max_objects: int = 3, categories: int = len(CLASSES)) -> Path:
     """Write the dataset into `root` unless a complete copy is already there."""
     root = Path(root)
     if (root / "manifest.json").is_file():
@@ -108,8 +111,9 @@ def generate(root: Path, seed: int = 0, image_size: int = 160, train_images: int
     tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     for split, count in (("train", train_images), ("val", val_images)):
-        _write_split(tmp, split, count, seed, image_size, max_objects)
-    manifest = {"format_version": FORMAT_VERSION, "seed": seed, "image_size": image_size, "classes": list(CLASSES),
+        _write_split(tmp, split, count, seed, image_size, max_objects, categories)
+    manifest = {"format_version": FORMAT_VERSION, "seed": seed, "image_size": image_size,
+                "classes": list(CLASSES[:categories]),
                 "train_images": train_images, "val_images": val_images, "max_objects": max_objects}
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
     try:
