@@ -69,6 +69,11 @@ def format_detector(info: dict) -> str:
             f"Total: {info['mult_adds'] / 1e9:.3f}B mult-adds; {info['params'] / 1e6:.2f}M params ({info['params']:,} "
             f"with BN and biases; {info['params_weights']:,} conv weights, the paper's count)",
             "Counted: conv multiply-accumulates of one image up to the box decoding (no NMS), as Table 1."]
+    if not info["paper"]:
+        m = published.table13()["model"]
+        out += ["", f"Table 13's SSD 300 is alpha {m['alpha']} at {m['resolution']} px with {m['num_classes']} "
+                    f"categories (TF's COCO label map): model.alpha={m['alpha']} model.resolution={m['resolution']} "
+                    f"data.num_classes={m['num_classes']} compares with it."]
     if info["paper"]:
         out += ["", "Against the paper, at its printed precision:"]
         for e in info["paper"]:
