@@ -9,6 +9,8 @@
     samplers.py    the resumable epoch sampler, per-sample seeded augmentation
     gpu.py         data.decode=gpu
     loaders.py     build_data, eval_loader: datasets -> loaders
+    shapes_det.py  the embedded detection dataset `shapes_det` (JPEGs + COCO JSON)
+    coco.py        COCO-format detection data (task=detection): reader, v2 augmentation, loaders
     prepare.py     `mobilenet-data prepare` (ILSVRC2012 archives -> ImageFolder)
     pack.py        `mobilenet-data pack` (ImageFolder -> shards)
 
