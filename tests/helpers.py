@@ -322,3 +322,31 @@ def tb_hparams(run_dir: Path) -> dict:
         if data.HasField("session_start_info"):
             hparams = dict(data.session_start_info.hparams.items())
     return hparams
+
+# ----------------------------------------------------------------------------- detection
+
+# The embedded detection set and an SSD small enough for an epoch in seconds on 2 cores.
+TINY_DET = [
+    "+experiment=ssd_shapes",
+    "data.shapes_det.image_size=64",
+    "data.shapes_det.train_images=16",
+    "data.shapes_det.val_images=8",
+    "data.batch_size=8",
+    "data.eval_batch_size=8",
+    "data.num_workers=0",
+    "model.resolution=64",
+    "trainer.epochs=1",
+    "trainer.log_every_steps=1",
+    "trainer.progress=false",
+]
+
+
+def coco_json(path: Path, images: list[tuple[int, int, int]], anns: list[dict], categories=(1, 2)) -> Path:
+    """A COCO instances file: images (id, width, height) named <id>.jpg, the given annotations."""
+    data = {"images": [{"id": i, "file_name": f"{i}.jpg", "width": w, "height": h} for i, w, h in images],
+            "annotations": [{"id": k + 1, "iscrowd": 0, "area": a["bbox"][2] * a["bbox"][3], **a}
+                            for k, a in enumerate(anns)],
+            "categories": [{"id": c, "name": f"cat{c}"} for c in categories]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(__import__("json").dumps(data))
+    return path

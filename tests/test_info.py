@@ -159,3 +159,12 @@ def test_errors_are_one_line_and_exit_2(capsys, args, needle):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("mobilenet-info: error:") and needle in lines[0], err
     assert out == ""
+
+
+def test_task_detection_describes_the_ssd_detector(capsys):
+    info_cli(["task=detection", "model.alpha=0.25", "model.resolution=128", "data.num_classes=3", "--json"])
+    info = json.loads(capsys.readouterr().out)
+    assert info["model"]["task"] == "detection" and info["model"]["num_classes"] == 3
+    assert set(info["parts"]) == {"backbone", "extras", "head"}
+    assert info["mult_adds"] == sum(p["mult_adds"] for p in info["parts"].values())
+    assert info["paper"] == []  # not Table 13's model

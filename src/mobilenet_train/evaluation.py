@@ -17,6 +17,10 @@ from .complexity import measure_complexity
 from .config import apply_overrides, parse_options, parse_overrides, typed_config
 from .config.schema import EvalOptions
 from .data import DevicePreprocess, build_data
+from .data.coco import build_detection_data
+from .detection.evaluate import evaluate_detection
+from .detection.model import detector_from_args
+from .detection.train import detector_complexity
 from .engine import autocast_dtype, evaluate, progress_enabled, resolve_device
 from .errors import UserError
 from .model import MobileNetV1, ModelArgs
@@ -72,6 +76,8 @@ def _model(ckpt: dict, use_ema: bool):
 def evaluate_checkpoint(ckpt_path: str, items: list[str]) -> dict:
     """Evaluate, write eval.json (atomically) and return its content plus `out`."""
     ckpt = load_checkpoint(ckpt_path)
+    if ckpt["model_args"].get("task") == "detection":
+        return evaluate_detector_checkpoint(ckpt, ckpt_path, items)
     cfg, opts = eval_config(ckpt, items)
     device = resolve_device(str(opts.device))
     amp = autocast_dtype(opts.amp, device)
@@ -96,6 +102,41 @@ def evaluate_checkpoint(ckpt_path: str, items: list[str]) -> dict:
         "split": cfg.data.val_split, "epoch": ckpt.get("epoch"), "step": ckpt.get("step"), "device": str(device),
         "amp": opts.amp, "model_args": {**args.to_dict(), "resolution": resolution},
         "quantization": "int8-qat-fake" if is_qat(ckpt) else "fp32",
+    }
+    out = Path(opts.out) if opts.out else Path(ckpt_path).with_name("eval.json")
+    atomic_write_json(out, result)
+    return {**result, "out": str(out)}
+
+
+def evaluate_detector_checkpoint(ckpt: dict, ckpt_path: str, items: list[str]) -> dict:
+    """mobilenet-eval of a task=detection checkpoint: COCOeval on its val split, written to eval.json."""
+    cfg, opts = eval_config(ckpt, items)
+    device = resolve_device(str(opts.device))
+    amp = autocast_dtype(opts.amp, device)
+    stored = dict(ckpt["model_args"])
+    if opts.use_ema:
+        if not ckpt.get("ema"):
+            raise UserError("use_ema=true but this checkpoint has no EMA weights (train with trainer.ema.enabled=true)")
+        ckpt = {**ckpt, "model": {k.removeprefix("module."): v for k, v in ckpt["ema"].items()}}
+    stored["resolution"] = int(cfg.model.resolution)
+    model, args = detector_from_args(stored)
+    model.load_state_dict(ckpt["model"])
+    complexity = detector_complexity(model, args.resolution)
+    data = build_detection_data(cfg, args.resolution, train=False, pin_memory=device.type == "cuda")
+    if ckpt.get("classes") and list(ckpt["classes"]) != data.classes:
+        raise UserError(f"the evaluation data's categories differ from the checkpoint's ({len(data.classes)} vs "
+                        f"{len(ckpt['classes'])}): point data.root at the dataset the model was trained on")
+    model.to(device)
+    prep = DevicePreprocess(cfg.data.normalization, device, cfg.trainer.channels_last)
+    metrics = evaluate_detection(model, data.val_loader, prep, amp, desc="eval",
+                                 progress=progress_enabled(opts.progress))
+    result = {
+        **metrics, **complexity, "task": "detection",
+        "checkpoint": str(Path(ckpt_path).resolve()), "alpha": args.alpha, "resolution": args.resolution,
+        "variant": args.variant, "head": args.head, "use_ema": opts.use_ema, "dataset": cfg.data.name,
+        "data_root": str(cfg.data.root) if cfg.data.root else None, "split": cfg.data.val_split,
+        "epoch": ckpt.get("epoch"), "step": ckpt.get("step"), "device": str(device), "amp": opts.amp,
+        "model_args": args.to_dict(),
     }
     out = Path(opts.out) if opts.out else Path(ckpt_path).with_name("eval.json")
     atomic_write_json(out, result)

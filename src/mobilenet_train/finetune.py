@@ -52,7 +52,12 @@ def load_init(cfg: DictConfig) -> dict | None:
 
 
 def load_init_weights(model: nn.Module, init: dict, path: str) -> list[str]:
-    """Copy `init`'s weights into `model`; a classifier of another shape is left as initialised."""
+    """Copy `init`'s weights into `model`; a classifier of another shape is left as initialised.
+    A detector takes its backbone from it (its `init_from_checkpoint`)."""
+    if hasattr(model, "init_from_checkpoint"):
+        fresh = model.init_from_checkpoint(init, path)
+        log.info("model.init=%s: backbone loaded; %d detector tensors start afresh", path, len(fresh))
+        return fresh
     own = model.state_dict()
     kept = {k: v for k, v in init["model"].items() if k in own and own[k].shape == v.shape}
     fresh = [k for k in own if k not in kept]

@@ -78,3 +78,8 @@ def agreement(value_m: float, printed: float) -> str | None:
     if math.floor(value_m * scale + 1e-9) / scale == printed:
         return "truncates"
     return None
+
+
+def table13() -> dict:
+    """The paper's Table 13 (COCO detection): its rows and the model of its MobileNet row."""
+    return data()["table13"]

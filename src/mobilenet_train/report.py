@@ -33,6 +33,7 @@ from pathlib import Path
 
 from . import published
 from .checkpoint import atomic_write_bytes, atomic_write_text
+from .detection.report import detection_row, detection_section, is_detection
 from .errors import UserError
 
 PROG = "mobilenet-report"
@@ -236,7 +237,7 @@ def find_results(paths: list[str]) -> tuple[list[Result], list[str]]:
         if not candidates and given.name != LATENCY_FILE:
             skipped.append(f"{text}: no runs under it (no metrics.jsonl, checkpoints/*.pt or eval.json)")
         for kind, target in candidates:
-            if target.resolve() in seen:
+            if target.resolve() in seen or is_detection(kind, target):  # detection: detection_rows
                 continue
             seen.add(target.resolve())
             warnings: list[str] = []
@@ -734,16 +735,41 @@ def write_tensorboard(results: list[Result], tb_dir: Path) -> None:
 # ----------------------------------------------------------------------------- CLI
 
 
+def detection_rows(paths: list[str]) -> list[dict]:
+    """The task=detection runs and eval.json files under `paths` (the detection table's rows)."""
+    found = []
+    for text in paths:
+        given = Path(text)
+        try:
+            candidates = _candidates(given) if given.exists() else []
+        except Skip:
+            continue
+        for kind, target in candidates:
+            if is_detection(kind, target):
+                row = detection_row(kind, target, _name(target, given))
+                found += [row] if row else []
+    return found
+
+
 def write_report(paths: list[str], out: Path, tb: Path | None = None) -> tuple[list[dict], list[str]]:
     results, skipped = find_results(paths)
     latency, latency_skipped = find_latency(paths)
     skipped += latency_skipped
+    detections = detection_rows(paths)
+    if not results and detections:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "report.md", "# MobileNet v1 detection\n\n" + "\n".join(
+            detection_section(detections)))
+        return [], skipped
     if not results:
         reasons = "; ".join(skipped) or "nothing given"
         raise UserError(f"no runs to report ({reasons})")
     table = rows(results, latency)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "report.md", markdown(table, skipped, paths, latency))
+    text = markdown(table, skipped, paths, latency)
+    if detections:
+        text += "\n" + "\n".join(detection_section(detections))
+    atomic_write_text(out / "report.md", text)
     atomic_write_text(out / "report.csv", to_csv(table))
     save_png(figure(results, "mult_adds"), out / "accuracy_vs_mult_adds.png")
     save_png(figure(results, "params"), out / "accuracy_vs_params.png")

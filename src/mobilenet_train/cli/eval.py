@@ -12,7 +12,22 @@ from ..errors import UserError, fail
 PROG = "mobilenet-eval"
 
 
+def _print_detection(r: dict) -> None:
+    print(f"checkpoint  {r['checkpoint']}{' (EMA weights)' if r['use_ema'] else ''}")
+    print(f"model       SSD {r['resolution']} ({r['head']} head) on MobileNet v1 {r['variant']} alpha={r['alpha']}: "
+          f"{r['params'] / 1e6:.2f}M params, {r['mult_adds'] / 1e9:.3f}B mult-adds")
+    print(f"data        {r['dataset']} {r['split']} ({r['num_images']} images, {r['num_detections']} detections)")
+    print(f"mAP         {r['map']:.2f}% (IoU .50:.95)   mAP@.5 {r['map_50']:.2f}%   mAP@.75 {r['map_75']:.2f}%")
+    print(f"AP by size  small {r['map_small']:.2f}%   medium {r['map_medium']:.2f}%   large {r['map_large']:.2f}% "
+          f"(-1: no objects of that size)")
+    print(f"speed       {r['images_per_sec']:.1f} images/s on {r['device']}")
+    print(f"written     {r['out']}")
+
+
 def _print(r: dict) -> None:
+    if r.get("task") == "detection":
+        _print_detection(r)
+        return
     if "file" in r:
         print(f"file        {r['file']}: {r['format']} {r['quantization']}, run by {r['runtime']}")
     else:

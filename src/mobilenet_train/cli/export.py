@@ -29,6 +29,13 @@ def parse_options(items: list[str]) -> tuple[ExportOptions, list[str]]:
 
 def report(r: ExportResult) -> None:
     v = r.verification
+    if "max_abs_box_error" in v:  # a detector: boxes and scores out, NMS as post-processing
+        print(f"exported    SSD detector, {r.format} {r.precision} for {RUNTIMES[r.format]}: {r.out} "
+              f"({r.size_bytes / 1e6:.2f} MB); outputs boxes and scores, NMS is post-processing (docs/deploy.md)")
+        print(f"checked     in its runtime on {r.inputs}: max box error {v['max_abs_box_error']:.2g} px, max score "
+              f"error {v['max_abs_score_error']:.2g}, top-10 detections agree on {100 * v['top10_labels_agree']:.0f}% "
+              f"of the images")
+        return
     print(f"exported    {r.format} {r.precision} for {RUNTIMES[r.format]}, BN folded: "
           f"{r.out} ({r.size_bytes / 1e6:.2f} MB)")
     if r.calibration:

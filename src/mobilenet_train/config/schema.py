@@ -91,9 +91,21 @@ class ShapesConfig:
 
 
 @dataclass
+class ShapesDetConfig:
+    seed: int = key(0, "data=shapes_det: generator seed (the dataset is a pure function of these keys)", ge=0)
+    image_size: int = key(160, "data=shapes_det: side of the generated JPEGs in pixels", ge=32, le=1024, example=160)
+    train_images: int = key(1200, "data=shapes_det: training images", ge=1, example=1200)
+    val_images: int = key(100, "data=shapes_det: validation images", ge=1, example=100)
+    max_objects: int = key(3, "data=shapes_det: at most this many objects per image (at least one)", ge=1, le=20,
+                           example=3)
+    categories: int = key(10, "data=shapes_det: object categories, the first N of shapes' ten (data.num_classes "
+                          "must agree)", ge=1, le=10, example=10)
+
+
+@dataclass
 class DataConfig:
     name: str = key("imagenet", "dataset kind (set by the data= option)",
-                    choices=("imagenet", "imagenet_shards", "shapes", "fake"))
+                    choices=("imagenet", "imagenet_shards", "shapes", "fake", "coco", "shapes_det"))
     root: str | None = key(None, "dataset root: ROOT/train/<class>/*.JPEG, ROOT/val/<class>/*.JPEG (shards: "
                               "ROOT/index.json); data=shapes generates it when null", example="/datasets/imagenet")
     num_classes: int = key(1000, "classes in the dataset (checked against the class directories)", ge=1,
@@ -146,6 +158,8 @@ class DataConfig:
                                                                                                  "elem"))
     fake: FakeDataConfig = section(FakeDataConfig, "data=fake: sizes of the random dataset")
     generate: ShapesConfig = section(ShapesConfig, "data=shapes: how the embedded dataset is generated")
+    shapes_det: ShapesDetConfig = section(ShapesDetConfig, "data=shapes_det: how the embedded detection dataset "
+                                          "is generated")
 
 
 # ----------------------------------------------------------------------------- optimizer, schedule
@@ -261,6 +275,35 @@ class DistillConfig:
     temperature: float = key(1.0, "softmax temperature T of the KL loss (scaled by T^2, as timm's logit "
                              "distillation)", gt=0, le=100, example=4.0)
 
+# ----------------------------------------------------------------------------- detection
+
+
+DETECTION_HEADS = ("ssd", "ssd3x3", "ssdlite")
+
+
+@dataclass
+class DetectionConfig:
+    """task=detection: SSD on the MobileNet v1 backbone (torchvision.models.detection.SSD)."""
+
+    head: str = key("ssd", "ssd: 1x1 conv box predictors, TF ssd_mobilenet_v1 (the paper's Table 13) | ssd3x3: "
+                    "torchvision's SSDHead (3x3 convs) | ssdlite: torchvision's SSDLiteHead (depthwise-separable "
+                    "3x3) with depthwise-separable extra layers", choices=DETECTION_HEADS)
+    min_ratio: float = key(0.2, "anchor scale of the first feature map (fraction of the input side)", gt=0, lt=1,
+                           example=0.2)
+    max_ratio: float = key(0.95, "anchor scale of the last feature map", gt=0, le=1, example=0.95)
+    iou_thresh: float = key(0.5, "matcher: an anchor with this IoU or more with a box is its positive", gt=0, lt=1,
+                            example=0.5)
+    positive_fraction: float = key(0.25, "hard-negative mining: positives per (positives + negatives) in the loss "
+                                   "(0.25: 3 negatives per positive)", gt=0, lt=1, example=0.25)
+    score_thresh: float = key(0.01, "detections below this class score are dropped before NMS", ge=0, lt=1,
+                              example=0.01)
+    nms_thresh: float = key(0.45, "per-class NMS IoU threshold", gt=0, le=1, example=0.6)
+    detections_per_img: int = key(100, "detections kept per image after NMS (COCO scores the top 100)", ge=1,
+                                  example=100)
+    topk_candidates: int = key(400, "candidates per class kept before NMS", ge=1, example=400)
+    augment: str = key("ssd", "training augmentation: ssd (photometric distort, zoom out, IoU crop, flip: SSD's) | "
+                       "flip (only data.hflip: short runs on the embedded set)", choices=("ssd", "flip"))
+
 
 # ----------------------------------------------------------------------------- the whole config
 
@@ -276,6 +319,10 @@ class TrainConfig:
     trainer: TrainerConfig = section(TrainerConfig, "the training loop (trainer= options)")
     qat: QatConfig = section(QatConfig, "quantization-aware training (+experiment=qat)")
     distill: DistillConfig = section(DistillConfig, "knowledge distillation from a teacher (distill.teacher=...)")
+    task: str = key("classification", "classification (ImageNet, the paper's sections 4.1-4.5) | detection (SSD "
+                    "on the MobileNet backbone, section 4.6; see +experiment=ssd_coco)",
+                    choices=("classification", "detection"))
+    detection: DetectionConfig = section(DetectionConfig, "task=detection: the SSD detector")
     seed: int = key(0, "seed of everything: weights, sampling, augmentation (per sample), dropout", ge=0,
                     le=2**32 - 1, example=0)
     run_name: str = key("mobilenet_v1", "a readable name for the run: the default run dir and TensorBoard",

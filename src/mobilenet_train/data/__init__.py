@@ -10,6 +10,8 @@
     gpu.py         data.decode=gpu
     mixing.py      batch augmentation on the device: random erasing, mixup/cutmix
     loaders.py     build_data, eval_loader: datasets -> loaders
+    shapes_det.py  the embedded detection dataset `shapes_det` (JPEGs + COCO JSON)
+    coco.py        COCO-format detection data (task=detection): reader, v2 augmentation, loaders
     prepare.py     `mobilenet-data prepare` (ILSVRC2012 archives -> ImageFolder)
     pack.py        `mobilenet-data pack` (ImageFolder -> shards)
 

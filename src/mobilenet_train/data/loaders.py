@@ -88,8 +88,9 @@ def _seed_worker(worker_id: int) -> None:
 
 def build_loader(dataset: Dataset, batch_size: int, train: bool, num_workers: int, seed: int,
                  rank: int = 0, world_size: int = 1, pin_memory: bool = False,
-                 max_bad_share: float = DEFAULT_MAX_BAD_SHARE, gpu_decode: GpuDecode | None = None) -> ImageLoader:
-    common = dict(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, collate_fn=collate,
+                 max_bad_share: float = DEFAULT_MAX_BAD_SHARE, gpu_decode: GpuDecode | None = None,
+                 collate_fn=collate) -> ImageLoader:
+    common = dict(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, collate_fn=collate_fn,
                   prefetch_factor=4 if num_workers > 0 else None, worker_init_fn=_seed_worker,
                   # The loader draws its workers' base seed from here, not from the global RNG, which
                   # would otherwise advance once per epoch (or once per restart) and shift dropout.

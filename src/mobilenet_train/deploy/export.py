@@ -76,7 +76,14 @@ def export_with(ckpt_path: str, fmt: str, quantize: str | None, opts: ExportOpti
     checkpoint's config, as mobilenet-eval applies them."""
     check_request(fmt, quantize, num_calibration=opts.num_calibration, num_verify=opts.num_verify,
                   max_batch=opts.max_batch)
-    data = data_config(load_checkpoint(ckpt_path), list(data_items)) if data_items else None
+    ckpt = load_checkpoint(ckpt_path)
+    if ckpt["model_args"].get("task") == "detection":
+        from ..detection.export import export_detector
+
+        r = export_detector(Path(ckpt_path), ckpt, fmt, quantize, opts.out, opts.num_verify)
+        return ExportResult(out=r["out"], format=fmt, precision="fp32", verification=r["verification"],
+                            inputs=r["inputs"], size_bytes=r["size_bytes"])
+    data = data_config(ckpt, list(data_items)) if data_items else None
     return export(ckpt_path, fmt, quantize, out=opts.out, calibration=opts.calibration,
                   num_calibration=opts.num_calibration, eval_dir=opts.eval, num_verify=opts.num_verify,
                   max_batch=opts.max_batch, data=data)

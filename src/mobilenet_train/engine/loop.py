@@ -82,10 +82,13 @@ class Meter:
         self.epoch_wait += seconds
         self.window_wait += seconds
 
-    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
-        n = y.shape[0]
-        stats = torch.stack([loss.detach().double() * n, (logits.detach().argmax(1) == y).sum().double(),
-                             torch.tensor(float(n), dtype=torch.float64, device=y.device)])
+    def add(self, loss: torch.Tensor, logits: torch.Tensor | None, y: torch.Tensor | None, n: int = 0) -> None:
+        """A micro-batch's loss and correct count (`logits` None: detection, `n` images, no accuracy)."""
+        n = y.shape[0] if y is not None else n
+        correct = (logits.detach().argmax(1) == y).sum().double() if logits is not None else loss.new_zeros(
+            (), dtype=torch.float64)
+        stats = torch.stack([loss.detach().double() * n, correct,
+                             torch.tensor(float(n), dtype=torch.float64, device=loss.device)])
         self.window += stats
         self.epoch_sums += stats
         self.window_images += n
@@ -159,16 +162,22 @@ def _train_mode(parts: TrainParts) -> None:
 def _forward_backward(parts: TrainParts, images, targets, accum: int, meter: Meter, no_sync: bool) -> None:
     p, device = parts, parts.prep.device
     x = p.prep(images)
-    y = targets.to(device, non_blocking=True)
-    # Random erasing and mixup/cutmix on the device; `target` is soft when mixing (top-1 counts `y`).
-    x, target = p.batch_augment(x, y) if p.batch_augment is not None else (x, y)
+    if p.forward_loss is not None:  # detection: the model computes its loss from the targets
+        logits = y = None
+    else:
+        y = targets.to(device, non_blocking=True)
+        # Random erasing and mixup/cutmix on the device; `target` is soft when mixing (top-1 counts `y`).
+        x, target = p.batch_augment(x, y) if p.batch_augment is not None else (x, y)
     # DDP: all-reduce gradients only on the micro-batch that completes the step.
     with p.train_model.no_sync() if no_sync else contextlib.nullcontext():
         with autocast(device, p.amp):
-            logits = p.train_model(x)
-            loss = training_loss(p, logits, x, target)
+            if y is None:
+                loss = p.forward_loss(p.train_model, x, targets)
+            else:
+                logits = p.train_model(x)
+                loss = training_loss(p, logits, x, target)
         p.scaler.scale(loss / accum).backward()
-    meter.add(loss, logits, y)
+    meter.add(loss, logits, y, n=x.shape[0])
 
 
 def training_loss(parts: TrainParts, logits: torch.Tensor, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -50,6 +50,8 @@ class RunLogger:
             f.write(json.dumps(metrics) + "\n")
         val = (f", val loss {metrics['val_loss']:.4f} top-1 {metrics['val_top1']:.2f}% top-5 {metrics['val_top5']:.2f}%"
                if "val_top1" in metrics else "")
+        if "val_map" in metrics:  # task=detection
+            val = f", val mAP {metrics['val_map']:.2f}% mAP@.5 {metrics['val_map_50']:.2f}%"
         ema = f", EMA top-1 {metrics['val_ema_top1']:.2f}%" if "val_ema_top1" in metrics else ""
         log.info("%s: train loss %.4f top-1 %.2f%%%s%s, %.0f img/s, data-wait %.0f%%", desc, metrics["train_loss"],
                  metrics["train_top1"], val, ema, metrics["images_per_sec"], 100 * metrics["data_wait_share"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from torch import nn
 from .. import distributed, finetune
 from ..data import DevicePreprocess
 from ..data.mixing import build_batch_augment, mixing_active
+from ..detection.train import detection_loss
 from ..errors import UserError
 from ..optim import build_optimizer, build_scheduler
 
@@ -131,6 +133,7 @@ class TrainParts:
     frozen_backbone: bool = False  # fine-tuning: only the classifier trains
     distill: Any = None            # a distill.Distiller when distill.teacher is set
     batch_augment: Any = None      # data.mixing.BatchAugment: random erasing, mixup/cutmix on the device
+    forward_loss: Callable | None = None  # task=detection: (train_model, x, targets) -> loss, the model's own
 
 
 def _qat_model(cfg: DictConfig, model: nn.Module, weights: dict | None, init: dict | None, step: int) -> nn.Module:
@@ -180,8 +183,9 @@ def build_parts(cfg: DictConfig, ctx: TrainContext, model: nn.Module, weights: d
     micro_batch = int(cfg.data.batch_size) // (ctx.dist_info.world_size * int(tcfg.accum_steps))
     batch_augment = build_batch_augment(cfg.data, int(cfg.model.num_classes), float(cfg.optim.label_smoothing),
                                         device, micro_batch)
+    forward_loss = detection_loss if cfg.task == "detection" else None
     return TrainParts(model, train_model, optimizer, scheduler, scaler, loss_fn, prep, ctx.amp, ema, frozen, distill,
-                      batch_augment)
+                      batch_augment, forward_loss)
 
 
 def build_loss(optim_cfg, mixing: bool) -> nn.Module:

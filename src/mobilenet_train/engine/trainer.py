@@ -15,6 +15,9 @@ from ..checkpoint import Checkpointer
 from ..complexity import format_count, measure_complexity
 from ..config import validate
 from ..data import DataBundle, build_data
+from ..data.coco import build_detection_data
+from ..detection.evaluate import evaluate_detection
+from ..detection.train import build_detector, detector_complexity
 from ..errors import UserError
 from ..model import ModelArgs, build_model
 from ..optim import scaled_lr
@@ -26,6 +29,9 @@ from .runlog import RunLogger
 from .setup import TrainContext, TrainParts, build_parts, start_process, training_wrapper
 
 log = logging.getLogger("mobilenet_train")
+
+# The validation metric that picks best.pt, per config `task`.
+SCORE_KEYS = {"classification": "val_top1", "detection": "val_map"}
 
 
 def fit(cfg: DictConfig, run_dir: str | Path) -> dict:
@@ -47,16 +53,15 @@ def _fit(cfg: DictConfig, run_dir: Path, stop: StopRequest) -> dict:
                         "drop it for CPU runs")
 
     init = finetune.load_init(cfg)  # model.init: its architecture, and below its weights
-    model, args = build_model(cfg.model)
-    complexity = measure_complexity(model, args.resolution)
+    model, args, complexity = build_task_model(cfg)
     epochs, accum = int(tcfg.epochs), int(tcfg.accum_steps)  # ranges checked by the schema (fit's validate)
     ckpt_path = resume_path(tcfg, run_dir)
     ckpt = read_resume_checkpoint(ckpt_path, args, cfg)
     if ckpt is not None and ckpt["epoch"] >= epochs:
         return already_finished(ckpt, epochs, run_dir)
 
-    data: DataBundle = build_data(cfg, args.resolution, dist_info.rank, dist_info.world_size,
-                                  pin_memory=device.type == "cuda")
+    data: DataBundle = (build_detection_data if cfg.task == "detection" else build_data)(
+        cfg, args.resolution, dist_info.rank, dist_info.world_size, pin_memory=device.type == "cuda")
     steps_per_epoch = len(data.train_loader) // accum
     if steps_per_epoch < 1:
         raise UserError(f"one epoch has fewer than trainer.accum_steps={accum} batches: lower it or data.batch_size")
@@ -82,6 +87,15 @@ def _fit(cfg: DictConfig, run_dir: Path, stop: StopRequest) -> dict:
         return trainer.run()
     finally:
         logger.close()
+
+
+def build_task_model(cfg: DictConfig) -> tuple[torch.nn.Module, ModelArgs, dict]:
+    """The model of `cfg.task` (the classifier, or SSD on it), its args and its complexity."""
+    if cfg.task == "detection":
+        model, args = build_detector(cfg)
+        return model, args, detector_complexity(model, args.resolution)
+    model, args = build_model(cfg.model)
+    return model, args, measure_complexity(model, args.resolution)
 
 
 def _announce(cfg: DictConfig, ctx: TrainContext, args: ModelArgs, complexity: dict, data: DataBundle,
@@ -170,20 +184,22 @@ class Trainer:
         if do_eval:
             metrics.update(self._evaluate())
         metrics.update(self._identity())
-        is_best = do_eval and metrics["val_top1"] > s.best_val_top1
+        score = SCORE_KEYS[self.cfg.task]  # what "best" means; the state keeps it as best_val_top1
+        is_best = do_eval and metrics[score] > s.best_val_top1
         if is_best:
-            s.best_val_top1, s.best_epoch = metrics["val_top1"], s.epoch
-        metrics["best_val_top1"] = s.best_val_top1
+            s.best_val_top1, s.best_epoch = metrics[score], s.epoch
+        metrics[f"best_{score}"] = s.best_val_top1
         self.metrics = metrics
         self.logger.epoch(metrics, desc)
         self._save(True, is_best)
 
     def _evaluate(self) -> dict:
         p, n, progress = self.parts, self.state.epoch, self.ctx.progress
-        val = evaluate(p.model, self.data.val_loader, p.prep, p.amp, desc=f"val {n}", progress=progress)
+        score = evaluate_detection if self.cfg.task == "detection" else evaluate
+        val = score(p.model, self.data.val_loader, p.prep, p.amp, desc=f"val {n}", progress=progress)
         out = {f"val_{k}": v for k, v in val.items() if k != "images_per_sec"}
         if p.ema is not None:
-            val_ema = evaluate(p.ema.module, self.data.val_loader, p.prep, p.amp, desc=f"val ema {n}",
+            val_ema = score(p.ema.module, self.data.val_loader, p.prep, p.amp, desc=f"val ema {n}",
                                progress=progress)
             out.update({f"val_ema_{k}": v for k, v in val_ema.items() if k != "images_per_sec"})
         return out

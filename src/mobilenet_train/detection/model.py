@@ -1,0 +1,253 @@
+"""SSD on the MobileNet v1 backbone (the paper's section 4.6, Table 13), built from torchvision's SSD.
+
+    backbone   the classifier's stem and blocks; feature maps after the last stride-16 block
+               (block 11: 19x19 at 300 px) and the last block (block 13: 10x10)
+    extras     four 1x1 (depth/2) -> 3x3 stride-2 (depth) layers down to 1x1, depths
+               512, 256, 256, 128 times alpha: TensorFlow's ssd_mobilenet_v1 configuration
+    head       per feature map a class and a box predictor (detection.head)
+
+Anchors (DefaultBoxGenerator), the box coder, the matcher, hard-negative mining, the losses and
+the post-processing (score threshold, per-class NMS) are torchvision's `SSD`, not rewritten.
+Images come in normalised by the toolkit's DevicePreprocess, already resized to the model's
+resolution, so the SSD's own transform neither normalises nor resizes.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.ssd import SSD, SSDHead, SSDScoringHead
+from torchvision.models.detection.ssdlite import SSDLiteHead
+
+from ..errors import UserError
+from ..model import ConvBNAct, DepthwiseSeparable, MobileNetV1, ModelArgs
+
+EXTRA_DEPTHS = (512, 256, 256, 128)
+# Anchors per feature map: torchvision's SSDLite / TF ssd_mobilenet_v1 aspect ratios (1, 2, 1/2, 3, 1/3 and
+# one more of ratio 1 between this scale and the next); the first map has only 1, 2, 1/2 and the extra 1
+# (TF's reduce_boxes_in_lowest_layer keeps three there).
+ASPECT_RATIOS = ([2],) + ([2, 3],) * 5
+
+
+@dataclass(frozen=True)
+class DetArgs(ModelArgs):
+    """ModelArgs of the backbone plus the detector's keys (detection.*); num_classes counts object
+    categories, the background class comes on top. Stored in every detection checkpoint."""
+
+    task: str = "detection"
+    head: str = "ssd"
+    min_ratio: float = 0.2
+    max_ratio: float = 0.95
+    iou_thresh: float = 0.5
+    positive_fraction: float = 0.25
+    score_thresh: float = 0.01
+    nms_thresh: float = 0.45
+    detections_per_img: int = 100
+    topk_candidates: int = 400
+
+    @classmethod
+    def from_config(cls, cfg) -> DetArgs:
+        """From the whole config: the `model` group and the `detection` section."""
+        names = cls.__dataclass_fields__.keys()
+        merged = {**{k: cfg.model[k] for k in names if k in cfg.model},
+                  **{k: cfg.detection[k] for k in names if k in cfg.detection}}
+        args = cls(**merged)
+        args.validate()
+        return args
+
+    def validate(self) -> None:
+        super().validate()
+        from ..config.schema import DetectionConfig, check
+
+        check(DetectionConfig, self.to_dict(), "detection.")
+        if self.min_ratio >= self.max_ratio:
+            raise UserError(f"detection.min_ratio={self.min_ratio} must be below detection.max_ratio="
+                            f"{self.max_ratio}, e.g. detection.min_ratio=0.2 detection.max_ratio=0.95")
+        if self.resolution < 64:
+            raise UserError(f"model.resolution={self.resolution} is too small for SSD's six feature maps: use 64 "
+                            f"or more, e.g. model.resolution=300")
+
+    def backbone_args(self) -> ModelArgs:
+        base = {k: v for k, v in self.to_dict().items() if k in ModelArgs.__dataclass_fields__}
+        return ModelArgs(**base)
+
+
+def _stride_taps(blocks: nn.Sequential) -> tuple[int, int]:
+    """Indices of the last block at output stride 16 and of the last block (stride 32)."""
+    stride, last16 = 2, None  # after the stem
+    for i, block in enumerate(blocks):
+        conv = next(m for m in block.modules() if isinstance(m, nn.Conv2d))
+        stride *= conv.stride[0]
+        if stride == 16:
+            last16 = i
+    return last16, len(blocks) - 1
+
+
+def _out_channels(block: nn.Module) -> int:
+    return [m for m in block.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
+
+
+class MobileNetV1Features(nn.Module):
+    """The classifier's stem and blocks (same parameter names, so classification weights load) and the
+    extra layers; returns the six feature maps SSD predicts from."""
+
+    def __init__(self, args: DetArgs):
+        super().__init__()
+        base = MobileNetV1(replace(args.backbone_args(), num_classes=1))
+        self.stem, self.blocks = base.stem, base.blocks
+        self.tap16, self.tap32 = _stride_taps(self.blocks)
+        in_ch = base.num_features
+        channels = [_out_channels(self.blocks[self.tap16]), in_ch]
+        extras = []
+        for depth in EXTRA_DEPTHS:
+            out_ch, mid = args.channels(depth), args.channels(depth // 2)
+            down = (DepthwiseSeparable(mid, out_ch, 2, args) if args.head == "ssdlite"
+                    else ConvBNAct(mid, out_ch, 3, 2, groups=1, args=args))
+            extras.append(nn.Sequential(ConvBNAct(in_ch, mid, 1, 1, groups=1, args=args), down))
+            channels.append(out_ch)
+            in_ch = out_ch
+        self.extras = nn.ModuleList(extras)
+        self.out_channels = channels
+
+    def forward(self, x):
+        x = self.stem(x)
+        maps = []
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i in (self.tap16, self.tap32):
+                maps.append(x)
+        for layer in self.extras:
+            x = layer(x)
+            maps.append(x)
+        return OrderedDict((str(i), m) for i, m in enumerate(maps))
+
+
+class ConvPredictorHead(SSDHead):
+    """TF ssd_mobilenet_v1's box predictor: one 1x1 conv per feature map for the class logits and one
+    for the box offsets, in torchvision's SSDScoringHead (which lays the outputs out per anchor)."""
+
+    def __init__(self, in_channels: list[int], num_anchors: list[int], num_classes: int):
+        nn.Module.__init__(self)
+
+        def convs(width: int) -> nn.ModuleList:
+            layers = nn.ModuleList(nn.Conv2d(c, a * width, 1) for c, a in zip(in_channels, num_anchors))
+            for conv in layers:
+                nn.init.xavier_uniform_(conv.weight)
+                nn.init.zeros_(conv.bias)
+            return layers
+
+        self.classification_head = SSDScoringHead(convs(num_classes), num_classes)
+        self.regression_head = SSDScoringHead(convs(4), 4)
+
+
+def build_head(head: str, channels: list[int], anchors: list[int], num_classes: int) -> nn.Module:
+    if head == "ssd":
+        return ConvPredictorHead(channels, anchors, num_classes)
+    if head == "ssd3x3":
+        return SSDHead(channels, anchors, num_classes)
+    return SSDLiteHead(channels, anchors, num_classes, partial(nn.BatchNorm2d, eps=0.001, momentum=0.03))
+
+
+class SSDMobileNetV1(SSD):
+    """torchvision's SSD with the MobileNet v1 feature extractor. Train: model(images, targets) -> losses;
+    eval: model(images) -> [{boxes, scores, labels}] in the input's pixel coordinates."""
+
+    def __init__(self, args: DetArgs):
+        args.validate()
+        features = MobileNetV1Features(args)
+        anchors = DefaultBoxGenerator([list(r) for r in ASPECT_RATIOS], min_ratio=args.min_ratio,
+                                      max_ratio=args.max_ratio)
+        head = build_head(args.head, features.out_channels, anchors.num_anchors_per_location(), args.num_classes + 1)
+        super().__init__(features, anchors, (args.resolution, args.resolution), args.num_classes + 1,
+                         image_mean=[0.0, 0.0, 0.0], image_std=[1.0, 1.0, 1.0], head=head,
+                         score_thresh=args.score_thresh, nms_thresh=args.nms_thresh,
+                         detections_per_img=args.detections_per_img, iou_thresh=args.iou_thresh,
+                         topk_candidates=args.topk_candidates, positive_fraction=args.positive_fraction)
+        self.args = args
+
+    # The classifier's names, so fine-tuning's freezing (finetune.backbone) finds the backbone.
+    @property
+    def stem(self) -> nn.Module:
+        return self.backbone.stem
+
+    @property
+    def blocks(self) -> nn.Module:
+        return self.backbone.blocks
+
+    def init_from_checkpoint(self, init: dict, path: str) -> list[str]:
+        """Load `init` (a checkpoint payload) into this detector: a classifier's stem and blocks become the
+        backbone, a detector's weights are taken where their shapes fit (another category count leaves the
+        class predictors new). Returns the names left as initialised; UserError when the backbone does not fit."""
+        own = self.state_dict()
+        detector = init["model_args"].get("task") == "detection"
+        prefix = "" if detector else "backbone."
+        mapped = {f"{prefix}{k}": v for k, v in init["model"].items()
+                  if detector or k.startswith(("stem.", "blocks."))}
+        missing = [k for k in own if k.startswith(("backbone.stem.", "backbone.blocks.")) and k not in mapped]
+        wrong = [k for k, v in mapped.items() if k in own and own[k].shape != v.shape and not k.startswith("head.")]
+        if missing or wrong:
+            odd = ", ".join((wrong or missing)[:3])
+            raise UserError(f"model.init={path} does not fit the detector's backbone: no matching weights for "
+                            f"{odd}, ...")
+        kept = {k: v for k, v in mapped.items() if k in own and own[k].shape == v.shape}
+        self.load_state_dict({**own, **kept})
+        return [k for k in own if k not in kept]
+
+
+def build_detector(cfg) -> tuple[SSDMobileNetV1, DetArgs]:
+    """Build from the whole config (task=detection)."""
+    args = DetArgs.from_config(cfg)
+    return SSDMobileNetV1(args), args
+
+
+def detector_from_args(stored: dict) -> tuple[SSDMobileNetV1, DetArgs]:
+    args = DetArgs(**stored)
+    return SSDMobileNetV1(args), args
+
+
+class DetectorOutputs(nn.Module):
+    """The detector up to, not including, the score threshold and NMS: (boxes [B, A, 4] as x1, y1, x2, y2
+    in input pixels, clipped to the image; scores [B, A, classes + 1], softmax, background first) for every
+    anchor. What the ONNX export holds and what the complexity is counted on; `postprocess` finishes it
+    as torchvision's SSD does."""
+
+    def __init__(self, detector: SSDMobileNetV1):
+        super().__init__()
+        self.detector = detector
+        size = detector.args.resolution
+        probe = torch.zeros(1, 3, size, size, device=next(detector.parameters()).device)
+        was_training = detector.training
+        detector.eval()  # the probe only reads the feature-map sizes: no BN statistics change
+        with torch.no_grad():
+            maps = list(detector.backbone(probe).values())
+            anchors = detector.anchor_generator(ImageList(probe, [(size, size)]), maps)[0]
+        detector.train(was_training)
+        self.register_buffer("anchors", anchors, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        d = self.detector
+        out = d.head(list(d.backbone(x).values()))
+        n = x.shape[0]
+        codes = out["bbox_regression"].reshape(-1, 4)
+        boxes = d.box_coder.decode_single(codes, self.anchors.repeat(n, 1)).reshape(n, -1, 4)
+        boxes = boxes.clamp(min=0.0, max=float(d.args.resolution))
+        return boxes, F.softmax(out["cls_logits"], dim=-1)
+
+    def postprocess(self, boxes: torch.Tensor, scores: torch.Tensor) -> list[dict]:
+        """Score threshold, top-k per class and per-class NMS (torchvision's SSD.postprocess_detections,
+        the same code) on outputs of `forward`."""
+        d = self.detector
+        logits = torch.log(scores.clamp_min(1e-12))  # its softmax gives the scores back
+        dets = []
+        for b in range(boxes.shape[0]):
+            anchors = [d.box_coder.encode_single(boxes[b], self.anchors)]
+            head = {"bbox_regression": anchors[0][None], "cls_logits": logits[b][None]}
+            dets += d.postprocess_detections(head, [self.anchors], [(d.args.resolution,) * 2])
+        return dets
