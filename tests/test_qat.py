@@ -134,3 +134,34 @@ def test_a_float_checkpoint_where_a_qat_one_is_needed_is_refused(trained_run, tm
 def test_experiment_qat_distils_from_the_float_model(compose):
     cfg = compose("+experiment=qat", "model.init=float.pt", "data.root=/data")
     assert cfg.qat.enabled and cfg.distill.teacher == "float.pt" and cfg.distill.alpha == 1.0
+
+
+@pytest.mark.parametrize("target", ["tflite", pytest.param("executorch", marks=pytest.mark.slow)])
+def test_the_int8_graph_computes_what_qat_trained(target):
+    """convert_pt2e of a trained QatModel equals its fake-quantized forward; torch's fused fake-quant kernel
+    (the quantizers' default for weights) trains single-sign channels on an affine grid and divides by 127.5,
+    which the converted graph then does not reproduce."""
+    from types import SimpleNamespace
+
+    from mobilenet_train.model import MobileNetV1, ModelArgs
+
+    torch.manual_seed(0)
+    model = MobileNetV1(ModelArgs(alpha=0.25, resolution=32, num_classes=10))
+    with torch.no_grad():  # depthwise filters of one sign, as trained ones often are
+        model.blocks[0].dw.conv.weight.abs_()
+    fq = qat.prepare(model, SimpleNamespace(target=target))
+    opt = torch.optim.SGD(fq.parameters(), lr=0.01)
+    fq.train()
+    for _ in range(3):  # observe and train: ranges and weights move
+        opt.zero_grad()
+        fq(torch.randn(8, 3, 32, 32)).square().mean().backward()
+        opt.step()
+    fq.freeze_bn()
+    fq.freeze_observers()
+    fq.eval()
+    weights = [m for m in fq.modules() if isinstance(m, FakeQuantizeBase) and m.qscheme == torch.per_channel_symmetric]
+    assert len(weights) == 28 and all(int(m.zero_point.abs().max()) == 0 for m in weights)
+    x = torch.randn(16, 3, 32, 32)
+    with torch.no_grad():
+        want, got = fq(x), qat.convert(fq)(x)
+    assert float((got - want).abs().max() / want.abs().max()) < 1e-3

@@ -18,6 +18,8 @@ on resume.
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 
 import torch
 from torch import nn
@@ -35,22 +37,38 @@ def is_qat(ckpt: dict) -> bool:
 
 
 def quantizer_for(target: str):
-    """The PT2E quantizer the `target` export uses, configured for QAT."""
+    """The PT2E quantizer the `target` export uses, configured for QAT (weights: _exportable_weights)."""
     if target not in TARGETS:
         raise UserError(f"qat.target={target} is unknown: use one of {', '.join(TARGETS)}")
     try:
         if target == "tflite":
-            from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
-
-            return PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=True))
-        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-            XNNPACKQuantizer,
-            get_symmetric_quantization_config,
-        )
+            from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer as Quantizer
+            from litert_torch.quantize.pt2e_quantizer import get_symmetric_quantization_config
+        else:
+            from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer as Quantizer
+            from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import get_symmetric_quantization_config
     except ImportError as e:
         raise UserError(f"qat.target={target} needs the quantizer of its export ({e.name} is not installed): "
                         f"pip install 'mobilenet-train[deploy]'") from None
-    return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=True))
+    config = get_symmetric_quantization_config(is_per_channel=True, is_qat=True)
+    return Quantizer().set_global(_exportable_weights(config))
+
+
+def _exportable_weights(config):
+    """`config` with weights fake-quantized as the export will quantize them.
+
+    Both quantizers train weights with torch's fused moving-average fake-quant kernel, which falls back to
+    an affine grid (zero point +-127, twice the resolution) for any channel whose weights share one sign,
+    as many depthwise 3x3 filters do, and otherwise divides the range by 127.5. Neither survives
+    convert_pt2e, which takes the observer's symmetric qparams (zero point 0, range / 127, the only
+    per-channel int8 weights XNNPACK and TF-Lite run): the int8 file then computes with weights the
+    training never saw. The plain FakeQuantize asks the same observer as convert_pt2e does."""
+
+    from torchao.quantization.pt2e.fake_quantize import FakeQuantize
+    from torchao.quantization.pt2e.observer import MovingAveragePerChannelMinMaxObserver
+
+    ctr = FakeQuantize.with_args(observer=MovingAveragePerChannelMinMaxObserver, eps=2**-12)
+    return dataclasses.replace(config, weight=dataclasses.replace(config.weight, observer_or_fake_quant_ctr=ctr))
 
 
 @contextlib.contextmanager
@@ -174,6 +192,35 @@ def apply_freezing(model: QatModel, step: int, qcfg) -> None:
         model.freeze_bn()
     if step >= int(qcfg.freeze_observer_steps):
         model.freeze_observers()
+
+
+@contextlib.contextmanager
+def _trained_qparams(graph: torch.fx.GraphModule):
+    """While converting, each activation fake-quant (affine) reports the scale and zero point it trained
+    with (its buffers, written by torch's fused kernel), not the ones its observer would compute again
+    from the same ranges in Python (pytorch/ao#4824: the two can differ; the installed torchao has no
+    `use_kernel_params`). Weights (symmetric) train with the observer's own qparams: _exportable_weights."""
+    from torchao.quantization.pt2e.fake_quantize import FakeQuantizeBase
+
+    patched = [m for m in graph.modules() if isinstance(m, FakeQuantizeBase) and hasattr(m, "scale")
+               and m.qscheme in (torch.per_tensor_affine, torch.per_channel_affine)]
+    for m in patched:
+        m.calculate_qparams = lambda m=m: (m.scale.detach().clone(), m.zero_point.detach().clone())
+    try:
+        yield
+    finally:
+        for m in patched:
+            del m.calculate_qparams
+
+
+def convert(model: QatModel, **options) -> torch.fx.GraphModule:
+    """The int8 PT2E graph of a trained QatModel (a copy: `model` keeps training or scoring), quantized with
+    exactly the ranges its fake-quantized graph computes with. `options` go to convert_pt2e."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    graph = copy.deepcopy(model.qat)
+    with _trained_qparams(graph):
+        return convert_pt2e(graph, **options)
 
 
 def model_from_checkpoint(ckpt: dict) -> QatModel:

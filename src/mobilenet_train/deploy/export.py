@@ -10,7 +10,6 @@ only then moved into place. int8: the biases are first corrected for the weights
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 from dataclasses import dataclass
@@ -163,9 +162,7 @@ def export_qat(ckpt_path: Path, ckpt: dict, fmt: str, out_path: Path, data, labe
                max_batch: int) -> ExportResult:
     """The int8 file of a QAT checkpoint: its fake-quantized graph converted (convert_pt2e, the trained
     ranges), written by the format's converter, checked against the fake-quantized model."""
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
-
-    from ..qat import model_from_checkpoint
+    from ..qat import convert, model_from_checkpoint
 
     fake_quantized = model_from_checkpoint(ckpt)
     inputs, inputs_from = sample_inputs(ckpt, num_verify, data=data)
@@ -181,7 +178,7 @@ def export_qat(ckpt_path: Path, ckpt: dict, fmt: str, out_path: Path, data, labe
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.stem}.tmp{os.getpid()}{out_path.suffix}")
     try:
-        converted = convert_pt2e(copy.deepcopy(fake_quantized.qat), fold_quantize=fmt != "tflite")
+        converted = convert(fake_quantized, fold_quantize=fmt != "tflite")
         module.write_converted(converted, tmp, meta, example_input(ckpt, batch=module.EXAMPLE_BATCH), max_batch)
         check = verify_qat(fmt, tmp, fake_quantized, inputs, max_batch)
         accuracy = accuracy_on(labelled, data, fake_quantized, formats.runner(fmt, tmp), max_batch) \
