@@ -57,6 +57,18 @@ def latency_ms(fmt: str, path: Path, threads: int, runs: int) -> float:
     return statistics.median(times)
 
 
+def input_of(checkpoint: Path) -> list[str]:
+    """The float checkpoint's input size and eval preprocessing, which QAT must keep (finetune.py)."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from mobilenet_train.finetune import QAT_INPUT_KEYS
+
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    stored = OmegaConf.create({"model": ckpt["model_args"], "data": ckpt["config"].get("data") or {}})
+    return [f"{k}={OmegaConf.select(stored, k)}" for k in QAT_INPUT_KEYS if OmegaConf.select(stored, k) is not None]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("Usage:")[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -84,7 +96,7 @@ def main(argv=None) -> int:
     qat_run = out / "qat_run"
     run("mobilenet-train", "+experiment=qat", f"model.init={ns.checkpoint.resolve()}", f"qat.target={fmt}",
         f"trainer.epochs={ns.epochs}", f"hydra.run.dir={qat_run}", "trainer.progress=false", *data,
-        *ns.qat_overrides)
+        *input_of(ns.checkpoint), *ns.qat_overrides)
     qat = out / f"qat.int8{SUFFIX[fmt]}"
     run("mobilenet-export", str(qat_run / "checkpoints" / "last.pt"), "--format", fmt, f"out={qat}")
     files = {"PTQ int8": ptq, "QAT int8": qat}

@@ -131,6 +131,18 @@ def test_a_float_checkpoint_where_a_qat_one_is_needed_is_refused(trained_run, tm
     assert leftovers(tmp_path) == []
 
 
+def test_qat_keeps_the_float_models_input(trained_run, tmp_path):
+    """The int8 model is for the float model's deployment: another input size or eval preprocessing is refused
+    (the defaults of a fresh config would otherwise replace an imported model's 160 px and TF-slim preset)."""
+    init = trained_run / "checkpoints" / "best.pt"
+    with pytest.raises(UserError, match=r"was made for model.resolution=32, .*add model.resolution=32$"):
+        fit_in_process(tmp_path / "run", *QAT, f"model.init={init}", "model.resolution=64")
+    with pytest.raises(UserError, match=r"was made for data.eval_preset=default data.eval_crop_fraction=0.875, "):
+        fit_in_process(tmp_path / "run", *QAT, f"model.init={init}", "data.eval_preset=tf",
+                       "data.eval_crop_fraction=0.5")
+    assert leftovers(tmp_path) == []
+
+
 def test_experiment_qat_distils_from_the_float_model(compose):
     cfg = compose("+experiment=qat", "model.init=float.pt", "data.root=/data")
     assert cfg.qat.enabled and cfg.distill.teacher == "float.pt" and cfg.distill.alpha == 1.0

@@ -48,7 +48,26 @@ def load_init(cfg: DictConfig) -> dict | None:
             OmegaConf.update(cfg, f"model.{key}", stored[key], merge=False)
     if changed:
         log.info("model.init=%s: the architecture comes from it (%s)", path, " ".join(changed))
+    if (cfg.get("qat") or {}).get("enabled"):
+        same_input_as_init(cfg, init, path)
     return init
+
+
+# What a deployed model's input is: QAT must train and score the model on exactly that input.
+QAT_INPUT_KEYS = ("model.resolution", "data.normalization", "data.eval_preset", "data.eval_crop_fraction",
+                  "data.interpolation")
+
+
+def same_input_as_init(cfg: DictConfig, init: dict, path) -> None:
+    """QAT quantizes the float model for its deployment: its input size and eval preprocessing (which the
+    export writes into the int8 file) must be the float checkpoint's, not this config's defaults."""
+    stored = OmegaConf.create({"model": {"resolution": init["model_args"]["resolution"]},
+                               "data": dict(init["config"].get("data") or {})})
+    diffs = [f"{k}={OmegaConf.select(stored, k)}" for k in QAT_INPUT_KEYS
+             if OmegaConf.select(stored, k) is not None and OmegaConf.select(cfg, k) != OmegaConf.select(stored, k)]
+    if diffs:
+        raise UserError(f"model.init={path} was made for {' '.join(diffs)}, and QAT trains the model for that input: "
+                        f"add {' '.join(diffs)}")
 
 
 def load_init_weights(model: nn.Module, init: dict, path: str) -> list[str]:

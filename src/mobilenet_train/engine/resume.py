@@ -60,8 +60,9 @@ def _check_resume_matches(ckpt: dict, args: ModelArgs, cfg: DictConfig, path: Pa
 
 
 def already_finished(ckpt: dict, epochs: int, run_dir: Path) -> dict:
-    log.info("run already finished: %d of %d epochs done, best val top-1 %.2f%% at epoch %d (%s). "
-             "Nothing to do; set trainer.epochs higher to train longer.", ckpt["epoch"], epochs,
+    score = "val mAP" if (ckpt.get("config") or {}).get("task") == "detection" else "val top-1"
+    log.info("run already finished: %d of %d epochs done, best %s %.2f%% at epoch %d (%s). "
+             "Nothing to do; set trainer.epochs higher to train longer.", ckpt["epoch"], epochs, score,
              ckpt.get("best_val_top1", float("nan")), ckpt.get("best_epoch", 0), run_dir / "checkpoints")
     return {**ckpt.get("metrics", {}), "already_finished": True}
 

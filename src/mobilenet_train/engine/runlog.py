@@ -23,6 +23,7 @@ class RunLogger:
     def __init__(self, run_dir: Path, cfg: DictConfig, is_main: bool, progress: bool, resumed_epoch: int | None):
         self.metrics_path = run_dir / "metrics.jsonl"
         self.is_main, self.progress = is_main, progress
+        self.detection = cfg.get("task") == "detection"  # no top-1: the score is COCO mAP (val_map)
         self.writer: SummaryWriter | None = None
         if is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -37,9 +38,9 @@ class RunLogger:
             for k, v in metrics.items():
                 self.writer.add_scalar(f"train/{k}", v, step)
         if not self.progress and self.is_main:
-            log.info("%s step %d: loss %.4f top-1 %.2f%% lr %.3g %.0f img/s data-wait %.0f%%", desc, step,
-                     metrics["loss"], metrics["top1"], metrics["lr"], metrics["images_per_sec"],
-                     100 * metrics["data_wait_share"])
+            top1 = "" if self.detection else f" top-1 {metrics['top1']:.2f}%"
+            log.info("%s step %d: loss %.4f%s lr %.3g %.0f img/s data-wait %.0f%%", desc, step,
+                     metrics["loss"], top1, metrics["lr"], metrics["images_per_sec"], 100 * metrics["data_wait_share"])
 
     def epoch(self, metrics: dict, desc: str) -> None:
         """An epoch's line of metrics.jsonl, its TensorBoard scalars and its console line."""
@@ -53,8 +54,9 @@ class RunLogger:
         if "val_map" in metrics:  # task=detection
             val = f", val mAP {metrics['val_map']:.2f}% mAP@.5 {metrics['val_map_50']:.2f}%"
         ema = f", EMA top-1 {metrics['val_ema_top1']:.2f}%" if "val_ema_top1" in metrics else ""
-        log.info("%s: train loss %.4f top-1 %.2f%%%s%s, %.0f img/s, data-wait %.0f%%", desc, metrics["train_loss"],
-                 metrics["train_top1"], val, ema, metrics["images_per_sec"], 100 * metrics["data_wait_share"])
+        top1 = "" if self.detection else f" top-1 {metrics['train_top1']:.2f}%"
+        log.info("%s: train loss %.4f%s%s%s, %.0f img/s, data-wait %.0f%%", desc, metrics["train_loss"], top1,
+                 val, ema, metrics["images_per_sec"], 100 * metrics["data_wait_share"])
 
     def _epoch_scalars(self, metrics: dict) -> None:
         step, writer = metrics["step"], self.writer
@@ -71,14 +73,16 @@ class RunLogger:
         """The HParams summary (the run's settings with its final metrics) and the last console line."""
         if not self.is_main:
             return
-        self.writer.add_hparams(
-            hparams, {"hparam/val_top1": metrics.get("val_top1", float("nan")),
-                      "hparam/val_top5": metrics.get("val_top5", float("nan")),
-                      "hparam/best_val_top1": state.best_val_top1},
-            run_name=".", global_step=state.step)
-        log.info("done: %d epochs, final val top-1 %.2f%%, best %.2f%% (epoch %d); checkpoints in %s",
-                 hparams["epochs"], metrics.get("val_top1", float("nan")), state.best_val_top1, state.best_epoch,
-                 ckpt_dir)
+        # state.best_val_top1 holds the task's score: val top-1, or val mAP for detection.
+        score, name = ("val_map", "val mAP") if self.detection else ("val_top1", "val top-1")
+        final = {"hparam/val_map": metrics.get("val_map", float("nan")),
+                 "hparam/val_map_50": metrics.get("val_map_50", float("nan"))} if self.detection else \
+            {"hparam/val_top1": metrics.get("val_top1", float("nan")),
+             "hparam/val_top5": metrics.get("val_top5", float("nan"))}
+        self.writer.add_hparams(hparams, {**final, f"hparam/best_{score}": state.best_val_top1}, run_name=".",
+                                global_step=state.step)
+        log.info("done: %d epochs, final %s %.2f%%, best %.2f%% (epoch %d); checkpoints in %s", hparams["epochs"],
+                 name, metrics.get(score, float("nan")), state.best_val_top1, state.best_epoch, ckpt_dir)
 
     def close(self) -> None:
         if self.writer is not None:
