@@ -14,6 +14,7 @@ resolution, so the SSD's own transform neither normalises nor resizes.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 from functools import partial
@@ -30,10 +31,26 @@ from ..errors import UserError
 from ..model import ConvBNAct, DepthwiseSeparable, MobileNetV1, ModelArgs
 
 EXTRA_DEPTHS = (512, 256, 256, 128)
-# Anchors per feature map: torchvision's SSDLite / TF ssd_mobilenet_v1 aspect ratios (1, 2, 1/2, 3, 1/3 and
-# one more of ratio 1 between this scale and the next); the first map has only 1, 2, 1/2 and the extra 1
-# (TF's reduce_boxes_in_lowest_layer keeps three there).
+# Anchors per feature map: TF ssd_mobilenet_v1's aspect ratios 1, 2, 1/2, 3, 1/3 and one more of ratio 1
+# between this scale and the next; the first map has three (TFAnchors).
 ASPECT_RATIOS = ([2],) + ([2, 3],) * 5
+LOWEST_LAYER_SCALE = 0.1  # TF's reduce_boxes_in_lowest_layer: its ratio-1 box at scale 0.1
+
+
+class TFAnchors(DefaultBoxGenerator):
+    """torchvision's default boxes with TF's `reduce_boxes_in_lowest_layer` (its ssd_anchor_generator
+    default): on the first feature map only (0.1, 1), (s, 2) and (s, 1/2), three boxes where torchvision
+    puts four, as TensorFlow's ssd_mobilenet_v1 (the paper's Table 13 detector) has it."""
+
+    def _generate_wh_pairs(self, num_outputs: int, dtype: torch.dtype = torch.float32, device=None) -> list:
+        device = torch.device("cpu") if device is None else device
+        pairs = super()._generate_wh_pairs(num_outputs, dtype, device)
+        s, r = self.scales[0], math.sqrt(2.0)
+        pairs[0] = torch.tensor([[LOWEST_LAYER_SCALE] * 2, [s * r, s / r], [s / r, s * r]], dtype=dtype, device=device)
+        return pairs
+
+    def num_anchors_per_location(self) -> list[int]:
+        return [len(p) for p in self._wh_pairs]
 
 
 @dataclass(frozen=True)
@@ -162,8 +179,7 @@ class SSDMobileNetV1(SSD):
     def __init__(self, args: DetArgs):
         args.validate()
         features = MobileNetV1Features(args)
-        anchors = DefaultBoxGenerator([list(r) for r in ASPECT_RATIOS], min_ratio=args.min_ratio,
-                                      max_ratio=args.max_ratio)
+        anchors = TFAnchors([list(r) for r in ASPECT_RATIOS], min_ratio=args.min_ratio, max_ratio=args.max_ratio)
         head = build_head(args.head, features.out_channels, anchors.num_anchors_per_location(), args.num_classes + 1)
         super().__init__(features, anchors, (args.resolution, args.resolution), args.num_classes + 1,
                          image_mean=[0.0, 0.0, 0.0], image_std=[1.0, 1.0, 1.0], head=head,
