@@ -128,6 +128,8 @@ def test_a_float_checkpoint_where_a_qat_one_is_needed_is_refused(trained_run, tm
         fit_in_process(tmp_path / "run", *QAT, f"trainer.resume={float_ckpt}")
     with pytest.raises(UserError, match="does not combine with trainer.compile=true"):
         fit_in_process(tmp_path / "run", *QAT, "trainer.compile=true")
+    with pytest.raises(UserError, match="does not combine with trainer.ema.enabled=true"):
+        fit_in_process(tmp_path / "run", *QAT, "trainer.ema.enabled=true")
     assert leftovers(tmp_path) == []
 
 

@@ -551,11 +551,13 @@ def _resume_value(cfg) -> None:
 
 
 def _qat_alone(cfg) -> None:
-    """QAT trains a captured graph: no module tree to freeze, compile or convert to SyncBatchNorm."""
+    """QAT trains a captured graph: no module tree to freeze, compile or convert to SyncBatchNorm; and an EMA
+    would average its observer ranges and fake-quant scales, which the export takes as they were trained."""
     if not cfg.qat.enabled:
         return
     for name, value in (("trainer.freeze_backbone_epochs", cfg.trainer.freeze_backbone_epochs),
-                        ("trainer.compile", cfg.trainer.compile), ("trainer.sync_bn", cfg.trainer.sync_bn)):
+                        ("trainer.compile", cfg.trainer.compile), ("trainer.sync_bn", cfg.trainer.sync_bn),
+                        ("trainer.ema.enabled", cfg.trainer.ema.enabled)):
         if value:
             raise UserError(f"qat.enabled=true does not combine with {name}={str(value).lower()}: drop it")
 
