@@ -159,33 +159,43 @@ def draw_sample(name: str, size: int, rng: random.Random) -> Image.Image:
 def generate(root: Path, seed: int = 0, image_size: int = 80, train_per_class: int = 500,
              val_per_class: int = 100) -> Path:
     """Write the dataset into `root` unless a complete copy is already there."""
-    root = Path(root)
+
+    def write(tmp: Path) -> dict:
+        jobs = [(split, n) for split, n in (("train", train_per_class), ("val", val_per_class))]
+        from tqdm import tqdm
+
+        with tqdm(total=len(CLASSES) * sum(n for _, n in jobs), desc=f"generating shapes into {root}", disable=None,
+                  leave=False) as bar:
+            for split, count in jobs:
+                for name in CLASSES:
+                    out = tmp / split / name
+                    out.mkdir(parents=True)
+                    for i in range(count):
+                        # One RNG per image: any image can be regenerated on its own.
+                        rng = random.Random(f"shapes-{seed}-{split}-{name}-{i}")
+                        draw_sample(name, image_size, rng).save(out / f"{name}_{i:05d}.jpg", quality=90)
+                    bar.update(count)
+        return {"format_version": FORMAT_VERSION, "seed": seed, "image_size": image_size, "classes": list(CLASSES),
+                "train_per_class": train_per_class, "val_per_class": val_per_class}
+
+    return generate_once(Path(root), "shapes", write)
+
+
+def generate_once(root: Path, kind: str, write) -> Path:
+    """`root` holding a complete generated dataset of `kind`: `write(tmp)` fills a temporary sibling and
+    returns its manifest, then one rename publishes it; a complete copy already there is kept as it is."""
     if (root / "manifest.json").is_file():
         return root
     if root.exists() and any(root.iterdir()):
         from ..errors import UserError
 
-        raise UserError(f"data.root={root} exists but holds no complete shapes dataset (no manifest.json): "
+        raise UserError(f"data.root={root} exists but holds no complete {kind} dataset (no manifest.json): "
                         f"remove it or point data.root at an empty or new directory")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    jobs = [(split, n) for split, n in (("train", train_per_class), ("val", val_per_class))]
-    total = len(CLASSES) * sum(n for _, n in jobs)
-    from tqdm import tqdm
-
-    with tqdm(total=total, desc=f"generating shapes into {root}", disable=None, leave=False) as bar:
-        for split, count in jobs:
-            for name in CLASSES:
-                out = tmp / split / name
-                out.mkdir(parents=True)
-                for i in range(count):
-                    # One RNG per image: any image can be regenerated on its own.
-                    rng = random.Random(f"shapes-{seed}-{split}-{name}-{i}")
-                    draw_sample(name, image_size, rng).save(out / f"{name}_{i:05d}.jpg", quality=90)
-                bar.update(count)
-    manifest = {"format_version": FORMAT_VERSION, "seed": seed, "image_size": image_size,
-                "classes": list(CLASSES), "train_per_class": train_per_class, "val_per_class": val_per_class}
+    tmp.mkdir()
+    manifest = write(tmp)
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
     try:
         os.replace(tmp, root)

@@ -12,12 +12,11 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 from pathlib import Path
 
 from PIL import Image
 
-from .shapes import CLASSES, _background, _far_colour, _shape_mask
+from .shapes import CLASSES, _background, _far_colour, _shape_mask, generate_once
 
 FORMAT_VERSION = 1
 MAX_OVERLAP = 0.0  # objects never overlap, so every box is the whole visible object (a few tries, then fewer)
@@ -99,27 +98,12 @@ def _write_split(tmp: Path, split: str, count: int, seed: int, size: int, max_ob
 def generate(root: Path, seed: int = 0, image_size: int = 160, train_images: int = 1200, val_images: int = 100,
              max_objects: int = 3, categories: int = len(CLASSES)) -> Path:
     """Write the dataset into `root` unless a complete copy is already there."""
-    root = Path(root)
-    if (root / "manifest.json").is_file():
-        return root
-    if root.exists() and any(root.iterdir()):
-        from ..errors import UserError
 
-        raise UserError(f"data.root={root} exists but holds no complete shapes_det dataset (no manifest.json): "
-                        f"remove it or point data.root at an empty or new directory")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    for split, count in (("train", train_images), ("val", val_images)):
-        _write_split(tmp, split, count, seed, image_size, max_objects, categories)
-    manifest = {"format_version": FORMAT_VERSION, "seed": seed, "image_size": image_size,
-                "classes": list(CLASSES[:categories]),
-                "train_images": train_images, "val_images": val_images, "max_objects": max_objects}
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    try:
-        os.replace(tmp, root)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)  # another process (rank) finished first: keep its copy
-        if not (root / "manifest.json").is_file():
-            raise
-    return root
+    def write(tmp: Path) -> dict:
+        for split, count in (("train", train_images), ("val", val_images)):
+            _write_split(tmp, split, count, seed, image_size, max_objects, categories)
+        return {"format_version": FORMAT_VERSION, "seed": seed, "image_size": image_size,
+                "classes": list(CLASSES[:categories]), "train_images": train_images, "val_images": val_images,
+                "max_objects": max_objects}
+
+    return generate_once(Path(root), "shapes_det", write)
