@@ -25,13 +25,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 BIN = Path(sys.executable).parent
 SUFFIX = {"tflite": ".tflite", "onnx": ".onnx", "executorch": ".pte"}
 
 
-def run(*args: str) -> None:
+def run_command(*args: str) -> None:
     print("$", " ".join(args), file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     proc = subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True)
@@ -41,18 +39,23 @@ def run(*args: str) -> None:
 
 
 def latency_ms(fmt: str, path: Path, threads: int, runs: int) -> float:
-    """Median batch-1 latency of the file in its runtime (quantising the input included, as an app does)."""
-    from mobilenet_train.deploy.formats import read_metadata, runner
+    """Median batch-1 latency of the file in its runtime, as mobilenet-eval runs it (input quantisation and, for
+    Google's NHWC files, the transposition included)."""
+    import torch
 
-    size = int(read_metadata(path)["input_size"])
-    call = runner(fmt, path, threads)
-    x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
+    from mobilenet_train.deploy.formats import runner
+    from mobilenet_train.deploy.score import RuntimeModel, describe
+
+    info = describe(path, fmt)
+    size = int(info["meta"]["model_args"]["resolution"])
+    model = RuntimeModel(runner(fmt, path, threads), info["drop_background"], info["nhwc"], info["probabilities"])
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     for _ in range(5):
-        call(x)
+        model(x)
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        call(x)
+        model(x)
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
 
@@ -81,31 +84,38 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=100, help="latency: timed calls")
     p.add_argument("--threads", type=int, default=1, help="latency: runtime threads")
     p.add_argument("--qat-overrides", nargs="*", default=[], help="extra keys for the QAT run only")
+    p.add_argument("--reuse", action="store_true", help="keep what an earlier run left in --out (files, the QAT run)")
     p.add_argument("data", nargs="*", metavar="data.key=value")
     ns = p.parse_intermixed_args(argv)
     out, fmt, data = ns.out, ns.format, list(ns.data)
     out.mkdir(parents=True, exist_ok=True)
     root = next((d.partition("=")[2] for d in data if d.startswith("data.root=")), None)
     evals = {}
-    run("mobilenet-eval", str(ns.checkpoint), *data, f"out={out / 'fp32.eval.json'}", "progress=false")
+
+    def run(*args: str, makes: Path) -> None:
+        if not (ns.reuse and makes.exists()):
+            run_command(*args)
+
+    run("mobilenet-eval", str(ns.checkpoint), *data, f"out={out / 'fp32.eval.json'}", "progress=false",
+        makes=out / "fp32.eval.json")
     evals["fp32 (PyTorch)"] = out / "fp32.eval.json"
     ptq = out / f"ptq.int8{SUFFIX[fmt]}"
     calib = [f"calibration={root}"] if root else []
     run("mobilenet-export", str(ns.checkpoint), "--format", fmt, "--quantize", "int8", f"out={ptq}",
-        f"num_calibration={ns.num_calibration}", *calib)
+        f"num_calibration={ns.num_calibration}", *calib, makes=ptq)
     qat_run = out / "qat_run"
     run("mobilenet-train", "+experiment=qat", f"model.init={ns.checkpoint.resolve()}", f"qat.target={fmt}",
         f"trainer.epochs={ns.epochs}", f"hydra.run.dir={qat_run}", "trainer.progress=false", *data,
-        *input_of(ns.checkpoint), *ns.qat_overrides)
+        *input_of(ns.checkpoint), *ns.qat_overrides, makes=qat_run / "checkpoints" / "last.pt")
     qat = out / f"qat.int8{SUFFIX[fmt]}"
-    run("mobilenet-export", str(qat_run / "checkpoints" / "last.pt"), "--format", fmt, f"out={qat}")
+    run("mobilenet-export", str(qat_run / "checkpoints" / "last.pt"), "--format", fmt, f"out={qat}", makes=qat)
     files = {"PTQ int8": ptq, "QAT int8": qat}
     if ns.google:
         files["Google's 8-bit file"] = ns.google
     for name, path in files.items():
         target = out / f"{path.name}.eval.json"
         run("mobilenet-eval", str(path), *[d for d in data if not d.startswith("data.train_split")],
-            f"out={target}", "progress=false")
+            f"out={target}", "progress=false", makes=target)
         evals[name] = target
     rows = []
     for name, path in evals.items():
