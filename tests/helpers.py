@@ -32,7 +32,7 @@ except ModuleNotFoundError:  # Python 3.10: the installed entry points say the s
     tomllib = None
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+SHARED = Path(os.environ.get("MOBILENET_TRAIN_SHARED", REPO.parent / "shared"))  # a git worktree: point it at ../shared
 BIN = Path(sys.executable).parent
 
 # A shapes dataset and model small enough for a training epoch in a few seconds on 2 cores.
