@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from helpers import assert_one_line_error, run_cli, shared_or_skip
+from helpers import assert_one_line_error, run_cli, run_main, shared_or_skip
 
 from mobilenet_train.checkpoint import load_checkpoint, model_from_checkpoint
 from mobilenet_train.cli.importer import main as import_cli
@@ -368,15 +368,15 @@ def test_finetune_unfreezes_backbone_after_n_epochs(keras_ckpt, cli, tmp_path):
     assert result["num_images"] == 80 and result["top1"] == pytest.approx(_val_top1(run, 2), abs=0.1)
 
 
-def test_imported_checkpoint_is_no_resume_point(keras_ckpt, cli, tmp_path):
-    proc = cli("mobilenet-train", *FINETUNE_DATA, f"trainer.resume={keras_ckpt}", f"hydra.run.dir={tmp_path / 'r'}",
-               cwd=tmp_path, check=False)
+def test_imported_checkpoint_is_no_resume_point(keras_ckpt, tmp_path):
+    proc = run_main("mobilenet-train", *FINETUNE_DATA, f"trainer.resume={keras_ckpt}",
+                    f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path, check=False)
     assert_one_line_error(proc, "weights only", "model.init=")
 
 
-def test_finetune_needs_init(cli, tmp_path):
-    proc = cli("mobilenet-train", "+experiment=finetune", *FINETUNE_DATA, f"hydra.run.dir={tmp_path / 'r'}",
-               cwd=tmp_path, check=False)
+def test_finetune_needs_init(tmp_path):
+    proc = run_main("mobilenet-train", "+experiment=finetune", *FINETUNE_DATA, f"hydra.run.dir={tmp_path / 'r'}",
+                    cwd=tmp_path, check=False)
     assert_one_line_error(proc, "model.init")
     assert not (tmp_path / "r").exists()
 
