@@ -2,7 +2,8 @@
 
 As in lightning-hydra-template, tests compose the shipped config (configs/train.yaml) and
 shrink it, instead of writing configs of their own. Tests that run the installed commands in
-a subprocess are marked `e2e` (`pytest -m "not e2e"` runs the in-process ones alone).
+a subprocess are marked `e2e` (`pytest -m "not e2e"` runs the in-process ones alone); those
+that call a command's `main` in this process (helpers.run_main) are not.
 """
 
 from __future__ import annotations
@@ -65,8 +66,14 @@ def trained_run(tmp_path_factory) -> Path:
     return run_dir
 
 
+# Names whose use in a test function means a console-script subprocess (run_export wraps run_cli). Tests
+# that call the scripts' `main` in this process (helpers.run_main) are not e2e.
+SUBPROCESS_RUNNERS = {"run_cli", "run_export"}
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         code = getattr(getattr(item, "function", None), "__code__", None)
-        if "cli" in item.fixturenames or "trained_run" in item.fixturenames or (code and "run_cli" in code.co_names):
+        if "cli" in item.fixturenames or "trained_run" in item.fixturenames or (
+                code and SUBPROCESS_RUNNERS & set(code.co_names)):
             item.add_marker(pytest.mark.e2e)

@@ -3,15 +3,21 @@ installed commands, ../shared, and the helpers of the data and engine tests."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import io
+import logging
 import os
+import random
 import shutil
 import socket
 import subprocess
 import sys
 import tarfile
 import types
+import warnings
 from collections import Counter
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +26,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the installed entry points say the same
+    tomllib = None
+
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+SHARED = Path(os.environ.get("MOBILENET_TRAIN_SHARED", REPO.parent / "shared"))  # a git worktree: point it at ../shared
 BIN = Path(sys.executable).parent
 
 # A shapes dataset and model small enough for a training epoch in a few seconds on 2 cores.
@@ -48,6 +59,102 @@ def run_cli(name: str, *args: str, cwd: Path, timeout: int = 300, check: bool = 
     proc = subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"{name} {' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\n"
+                             f"stderr:\n{proc.stderr}")
+    return proc
+
+
+def console_scripts() -> dict[str, str]:
+    """[project.scripts] of pyproject.toml: {command: "module:function"}."""
+    if tomllib is None:
+        return {e.name: e.value for e in metadata.entry_points(group="console_scripts")}
+    with open(REPO / "pyproject.toml", "rb") as f:
+        return tomllib.load(f)["project"]["scripts"]
+
+
+# Python's own warning filters (no -W, no PYTHONWARNINGS): what a console script's process starts with.
+_PROCESS_WARNING_IGNORES = (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning)
+
+
+@contextlib.contextmanager
+def _as_a_fresh_process(name: str, args: tuple[str, ...], cwd: Path):
+    """What run_main needs around a console script's `main`, undone afterwards: sys.argv and the
+    cwd of a fresh process, logging as it is before basicConfig/Hydra configure it (else pytest's
+    handlers make basicConfig a no-op and log lines would escape the captured stderr), no Hydra
+    singleton, and the global torch/NumPy/random state the run may change (seeds, threads,
+    determinism)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    root, ours = logging.getLogger(), logging.getLogger("mobilenet_train")
+    saved_logging = (root.handlers[:], root.level, ours.handlers[:], ours.level, ours.propagate,
+                     logging.root.manager.disable)
+    saved_torch = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+                   torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark,
+                   torch.backends.cudnn.deterministic, torch.get_rng_state())
+    saved_rng = (np.random.get_state(), random.getstate())
+    saved_argv, saved_cwd, saved_env = sys.argv[:], os.getcwd(), dict(os.environ)
+    for h in root.handlers[:]:
+        root.removeHandler(h)
+    root.setLevel(logging.WARNING)
+    ours.handlers.clear()
+    ours.setLevel(logging.NOTSET)
+    GlobalHydra.instance().clear()
+    sys.argv = [str(BIN / name), *args]
+    os.chdir(cwd)
+    try:
+        yield
+    finally:
+        os.chdir(saved_cwd)
+        sys.argv = saved_argv
+        os.environ.clear()
+        os.environ.update(saved_env)
+        GlobalHydra.instance().clear()
+        for logger, handlers in ((root, saved_logging[0]), (ours, saved_logging[2])):
+            for h in logger.handlers[:]:
+                if h not in handlers:
+                    logger.removeHandler(h)
+                    h.close()  # Hydra's train.log file handler among them
+            for h in handlers:
+                if h not in logger.handlers:
+                    logger.addHandler(h)
+        root.setLevel(saved_logging[1])
+        ours.setLevel(saved_logging[3])
+        ours.propagate = saved_logging[4]
+        logging.disable(saved_logging[5])
+        threads, det, warn_only, bench, cudnn_det, rng = saved_torch
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(det, warn_only=warn_only)
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = bench, cudnn_det
+        torch.set_rng_state(rng)
+        np.random.set_state(saved_rng[0])
+        random.setstate(saved_rng[1])
+
+
+def run_main(name: str, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """run_cli's twin in this process: the console script's `main` (from [project.scripts]) with
+    sys.argv set, from `cwd`; the exit status from SystemExit, stdout and stderr captured (log
+    records and warnings included, as a fresh process would print them). For bad-input checks
+    that would otherwise pay a torch/Hydra import per subprocess."""
+    module, _, function = console_scripts()[name].partition(":")
+    main = getattr(importlib.import_module(module), function)
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with _as_a_fresh_process(name, args, cwd), warnings.catch_warnings(record=True) as caught, \
+            contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        warnings.resetwarnings()
+        warnings.simplefilter("default")
+        for category in _PROCESS_WARNING_IGNORES:
+            warnings.filterwarnings("ignore", category=category)
+        try:
+            main()
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            if isinstance(e.code, str):
+                print(e.code, file=sys.stderr)
+    stderr = err.getvalue() + "".join(warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line)
+                                      for w in caught)
+    proc = subprocess.CompletedProcess([name, *args], code, out.getvalue(), stderr)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{name} {' '.join(args)} exited {proc.returncode} (in process)\nstdout:\n{proc.stdout}\n"
                              f"stderr:\n{proc.stderr}")
     return proc
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from helpers import TINY_FOLDER, prepared_imagenet
+from helpers import TINY_FOLDER, prepared_imagenet, run_main
 from torch.utils.data import DataLoader
 
 from mobilenet_train.data import ShardStream
@@ -67,6 +67,6 @@ def test_train_one_epoch_from_shards(prepared, cli, tmp_path):
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["epoch"] == 1 and metrics[-1]["step"] == 3  # 15 images // 4
     assert metrics[-1]["val_num_images"] == 6 and metrics[-1]["bad_images"] == 0
-    proc = cli("mobilenet-train", *TINY_FOLDER, "data=imagenet_shards", f"data.root={tmp_path}", "data.num_classes=3",
-               f"hydra.run.dir={tmp_path / 'bad'}", cwd=tmp_path, check=False)
+    proc = run_main("mobilenet-train", *TINY_FOLDER, "data=imagenet_shards", f"data.root={tmp_path}",
+                    "data.num_classes=3", f"hydra.run.dir={tmp_path / 'bad'}", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "has no index.json" in proc.stderr

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from helpers import assert_one_line_error, run_cli
+from helpers import assert_one_line_error, run_cli, run_main
 
 from mobilenet_train.deploy.export import export
 from mobilenet_train.deploy.profile import onnx_profile
@@ -18,4 +18,4 @@ def test_profile_splits_the_time_by_operator(trained_run, tmp_path):
     proc = run_cli("mobilenet-bench", "profile", str(out), "runs=2", cwd=tmp_path)
     assert "| Conv |" in proc.stdout and "of which depthwise 3x3" in proc.stdout
     for args, needle in [([], "profile takes one exported .onnx file"), ([str(out), "runs=x"], "runs=x")]:
-        assert_one_line_error(run_cli("mobilenet-bench", "profile", *args, cwd=tmp_path, check=False), needle)
+        assert_one_line_error(run_main("mobilenet-bench", "profile", *args, cwd=tmp_path, check=False), needle)

@@ -6,7 +6,7 @@ import os
 import subprocess
 
 import pytest
-from helpers import BIN, REPO, TINY
+from helpers import BIN, REPO, TINY, run_main
 
 from mobilenet_train import distributed
 from mobilenet_train.config import compose as compose_config
@@ -129,9 +129,7 @@ def test_mid_epoch_checkpoint_of_another_world_size_is_refused(trained_run, tmp_
     ckpt.update(epoch=1, batches_done=2, step=ckpt["step"] // 2, world_size=2, finished=False)
     run = tmp_path / "run"
     save_checkpoint(run / "checkpoints" / "last.pt", ckpt)
-    proc = subprocess.run([str(BIN / "mobilenet-train"), *TINY, "trainer.epochs=2", f"hydra.run.dir={run}"],
-                          cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                          timeout=300)
+    proc = run_main("mobilenet-train", *TINY, "trainer.epochs=2", f"hydra.run.dir={run}", cwd=tmp_path, check=False)
     assert proc.returncode == 2
     assert "was written mid-epoch by 2 processes; resume it with the same world size (now 1)" in proc.stderr
 
