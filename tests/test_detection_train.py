@@ -89,6 +89,7 @@ def test_two_gloo_processes_score_every_val_image_once(tmp_path):
     run_cli("mobilenet-eval", str(run / "checkpoints" / "last.pt"), "device=cpu", f"out={tmp_path / 'e.json'}",
             cwd=tmp_path)
     one = json.loads((tmp_path / "e.json").read_text())
-    assert one["num_images"] == 7 and one["map"] > 0
+    # Untrained, the detector still puts out its low-score boxes: every one of them counted once.
+    assert one["num_images"] == 7 and one["num_detections"] == line["val_num_detections"] > 7
     for key in ("map", "map_50", "map_75"):
         assert one[key] == pytest.approx(line[f"val_{key}"], rel=1e-3, abs=1e-6), key
