@@ -179,3 +179,29 @@ def test_the_int8_graph_computes_what_qat_trained(target):
     with torch.no_grad():
         want, got = fq(x), qat.convert(fq)(x)
     assert float((got - want).abs().max() / want.abs().max()) < 1e-3
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_train_qat_and_the_checkpoint_exports(trained_run, tmp_path):
+    """QAT under DDP: rank 0's observer ranges and BN statistics are broadcast with the buffers, its
+    checkpoint holds them, and the int8 export from it matches its fake-quantized model."""
+    import os
+    import subprocess
+
+    from helpers import BIN, TINY
+
+    init = trained_run / "checkpoints" / "best.pt"
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "mobilenet_train.train", *TINY, *QAT,
+           "trainer.epochs=2", "optim.lr=0.004", f"+model.init={init}", f"distill.teacher={init}", "trainer.device=cpu",
+           f"hydra.run.dir={run}"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert ckpt["world_size"] == 2 and ckpt["step"] == 12 and qat.is_qat(ckpt)
+    observing = _entries(ckpt["model"], "observer_enabled")
+    assert observing and all(int(v) == 0 for v in observing.values())  # frozen at step 8, as in one process
+    r = export(str(run / "checkpoints" / "last.pt"), "executorch", out=str(tmp_path / "q.pte"), num_verify=8,
+               max_batch=8)
+    assert r.verification["top1_agreement"] == 1.0 and r.verification["max_rel_error"] <= QAT_TOLERANCE
