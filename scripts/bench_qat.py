@@ -63,13 +63,11 @@ def latency_ms(fmt: str, path: Path, threads: int, runs: int) -> float:
 def input_of(checkpoint: Path) -> list[str]:
     """The float checkpoint's input size and eval preprocessing, which QAT must keep (finetune.py)."""
     import torch
-    from omegaconf import OmegaConf
 
-    from mobilenet_train.finetune import QAT_INPUT_KEYS
+    from mobilenet_train.finetune import init_input
 
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    stored = OmegaConf.create({"model": ckpt["model_args"], "data": ckpt["config"].get("data") or {}})
-    return [f"{k}={OmegaConf.select(stored, k)}" for k in QAT_INPUT_KEYS if OmegaConf.select(stored, k) is not None]
+    return [f"{k}={v}" for k, v in init_input(ckpt).items()]
 
 
 def main(argv=None) -> int:

@@ -58,13 +58,18 @@ QAT_INPUT_KEYS = ("model.resolution", "data.normalization", "data.eval_preset", 
                   "data.interpolation")
 
 
+def init_input(init: dict) -> dict:
+    """The input a float checkpoint was made for: {QAT_INPUT_KEYS key: its value}, the keys it records."""
+    stored = OmegaConf.create({"model": {"resolution": init["model_args"]["resolution"]},
+                               "data": dict(init["config"].get("data") or {})})
+    values = {k: OmegaConf.select(stored, k) for k in QAT_INPUT_KEYS}
+    return {k: v for k, v in values.items() if v is not None}
+
+
 def same_input_as_init(cfg: DictConfig, init: dict, path) -> None:
     """QAT quantizes the float model for its deployment: its input size and eval preprocessing (which the
     export writes into the int8 file) must be the float checkpoint's, not this config's defaults."""
-    stored = OmegaConf.create({"model": {"resolution": init["model_args"]["resolution"]},
-                               "data": dict(init["config"].get("data") or {})})
-    diffs = [f"{k}={OmegaConf.select(stored, k)}" for k in QAT_INPUT_KEYS
-             if OmegaConf.select(stored, k) is not None and OmegaConf.select(cfg, k) != OmegaConf.select(stored, k)]
+    diffs = [f"{k}={v}" for k, v in init_input(init).items() if OmegaConf.select(cfg, k) != v]
     if diffs:
         raise UserError(f"model.init={path} was made for {' '.join(diffs)}, and QAT trains the model for that input: "
                         f"add {' '.join(diffs)}")

@@ -63,7 +63,6 @@ def _exportable_weights(config):
     convert_pt2e, which takes the observer's symmetric qparams (zero point 0, range / 127, the only
     per-channel int8 weights XNNPACK and TF-Lite run): the int8 file then computes with weights the
     training never saw. The plain FakeQuantize asks the same observer as convert_pt2e does."""
-
     from torchao.quantization.pt2e.fake_quantize import FakeQuantize
     from torchao.quantization.pt2e.observer import MovingAveragePerChannelMinMaxObserver
 
@@ -194,33 +193,27 @@ def apply_freezing(model: QatModel, step: int, qcfg) -> None:
         model.freeze_observers()
 
 
-@contextlib.contextmanager
-def _trained_qparams(graph: torch.fx.GraphModule):
-    """While converting, each activation fake-quant (affine) reports the scale and zero point it trained
-    with (its buffers, written by torch's fused kernel), not the ones its observer would compute again
-    from the same ranges in Python (pytorch/ao#4824: the two can differ; the installed torchao has no
+def _report_trained_qparams(graph: torch.fx.GraphModule) -> None:
+    """Each activation fake-quant (affine) of `graph` reports to convert_pt2e the scale and zero point it
+    trained with (its buffers, written by torch's fused kernel), not the ones its observer would compute
+    again from the same ranges in Python (pytorch/ao#4824: the two can differ; the installed torchao has no
     `use_kernel_params`). Weights (symmetric) train with the observer's own qparams: _exportable_weights."""
     from torchao.quantization.pt2e.fake_quantize import FakeQuantizeBase
 
-    patched = [m for m in graph.modules() if isinstance(m, FakeQuantizeBase) and hasattr(m, "scale")
-               and m.qscheme in (torch.per_tensor_affine, torch.per_channel_affine)]
-    for m in patched:
-        m.calculate_qparams = lambda m=m: (m.scale.detach().clone(), m.zero_point.detach().clone())
-    try:
-        yield
-    finally:
-        for m in patched:
-            del m.calculate_qparams
+    for m in graph.modules():
+        if isinstance(m, FakeQuantizeBase) and getattr(m, "qscheme", None) in (torch.per_tensor_affine,
+                                                                              torch.per_channel_affine):
+            m.calculate_qparams = lambda m=m: (m.scale.detach().clone(), m.zero_point.detach().clone())
 
 
 def convert(model: QatModel, **options) -> torch.fx.GraphModule:
-    """The int8 PT2E graph of a trained QatModel (a copy: `model` keeps training or scoring), quantized with
-    exactly the ranges its fake-quantized graph computes with. `options` go to convert_pt2e."""
+    """The int8 PT2E graph of a trained QatModel (from a copy: `model` keeps training or scoring), quantized
+    with exactly the ranges its fake-quantized graph computes with. `options` go to convert_pt2e."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
     graph = copy.deepcopy(model.qat)
-    with _trained_qparams(graph):
-        return convert_pt2e(graph, **options)
+    _report_trained_qparams(graph)
+    return convert_pt2e(graph, **options)
 
 
 def model_from_checkpoint(ckpt: dict) -> QatModel:
