@@ -21,6 +21,12 @@ Usage:
     python scripts/bench_train.py --batch 64 trainer.ema.enabled=true   # extra config overrides
     python scripts/bench_train.py --alpha 0.75 --resolution 224 --batch 16 --qat tflite  # + the QAT step, same run
     python scripts/bench_train.py --alpha 0.25 --resolution 128 --batch 32 --teacher-alpha 1.0   # a teacher's cost
+    python scripts/bench_train.py --device cuda --batch 256 --gpu-matrix --timm   # + timm's mobilenetv1_100, same run
+
+--timm adds, for every toolkit variant, timm's MobileNet v1 (`mobilenetv1_100`; other widths through timm's
+own builder with the same channel multiplier) trained as timm's train.py trains it: timm's PrefetchLoader
+(side-stream copy and normalisation), `create_optimizer_v2(opt='rmsproptf')` with the toolkit's
+hyper-parameters, autocast, timm's NativeScaler for fp16, torch.compile of the model when compiled.
 """
 
 from __future__ import annotations
@@ -60,10 +66,11 @@ class Variant:
     channels_last: bool
     amp: str  # none | bf16 | fp16
     qat: str | None = None  # a qat.target: the fake-quantized QAT model (qat.prepare) instead of the float one
+    peer: str = "toolkit"  # toolkit | timm (timm's model and train.py's loop, same settings)
 
     @property
     def name(self) -> str:
-        return (f"toolkit {'compile' if self.compile else 'eager'} "
+        return (f"{self.peer} {'compile' if self.compile else 'eager'} "
                 f"{'channels_last' if self.channels_last else 'contiguous'} "
                 f"{'fp32' if self.amp == 'none' else self.amp}{f' QAT ({self.qat})' if self.qat else ''}")
 
@@ -80,8 +87,20 @@ def overrides_for(ns, variant: Variant | None) -> list[str]:
 
 
 def choose_variants(ns) -> list[Variant]:
+    variants = _toolkit_variants(ns)
+    if ns.timm:
+        variants += [Variant(v.compile, v.channels_last, v.amp, peer="timm") for v in variants if not v.qat]
+    return variants
+
+
+def _toolkit_variants(ns) -> list[Variant]:
+    compiles = [False] if ns.no_compile_in_matrix else [False, True]
+    if ns.gpu_matrix:  # channels_last, {eager, compile} x {bf16, fp16}; --compile-amps narrows the compiled ones
+        compile_amps = ns.compile_amps.split(",")
+        cuda = ns.device.startswith("cuda") or (ns.device == "auto" and torch.cuda.is_available())
+        amps = ("bf16", "fp16") if cuda else ("bf16",)  # fp16 needs CUDA's GradScaler: its CPU twin is bf16 alone
+        return [Variant(c, True, amp) for c in compiles for amp in amps if not c or amp in compile_amps]
     if ns.matrix:
-        compiles = [False] if ns.no_compile_in_matrix else [False, True]
         return [Variant(c, cl, amp) for c in compiles for cl in (True, False) for amp in ("none", "bf16")]
     # A flag left out means "the toolkit's configured default" (trainer/default.yaml).
     tcfg = compose_config(overrides_for(ns, None)).trainer
@@ -203,6 +222,52 @@ class BaselineRunner:
             loss.backward()
             self.optimizer.step()
             self.optimizer.zero_grad()
+
+
+class TimmRunner:
+    """timm's MobileNet v1 trained as timm's train.py does, with the toolkit runner's settings and batches."""
+
+    def __init__(self, toolkit: ToolkitRunner, variant: Variant):
+        from timm.data.loader import PrefetchLoader
+        from timm.models.efficientnet import _gen_mobilenet_v1
+        from timm.optim import create_optimizer_v2
+        from timm.utils import NativeScaler
+
+        cfg, args, device = toolkit.cfg, toolkit.model_args, toolkit.device
+        self.device, self.variant, self.batches = device, variant, toolkit.batches
+        torch.manual_seed(int(cfg.seed))
+        name = {1.0: "mobilenetv1_100", 1.25: "mobilenetv1_125"}.get(float(args.alpha), "mobilenetv1_100")
+        model = _gen_mobilenet_v1(name, float(args.alpha), pretrained=False, num_classes=args.num_classes)
+        model.to(device)
+        if variant.channels_last:
+            model.to(memory_format=torch.channels_last)
+        o = cfg.optim
+        self.model = model
+        self.train_model = torch.compile(model) if variant.compile else model
+        self.optimizer = create_optimizer_v2(model, opt="rmsproptf", lr=scaled_lr(o, int(cfg.data.batch_size)),
+                                             weight_decay=float(o.weight_decay), eps=float(o.eps),
+                                             momentum=float(o.momentum))
+        self.amp = autocast_dtype(variant.amp, device)
+        self.scaler = NativeScaler(device=device.type) if self.amp == torch.float16 else None
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=float(cfg.optim.label_smoothing))
+        mean, std = NORMALIZATION[cfg.data.normalization]
+        self.prefetch = lambda items: PrefetchLoader(items, mean=mean, std=std, device=device)
+
+    def run(self, n_steps: int) -> None:
+        torch.backends.cudnn.benchmark = self.device.type == "cuda"  # as timm's train.py
+        self.model.train()
+        for x, y in self.prefetch(cycle(self.batches, n_steps)):
+            if self.variant.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+                loss = self.loss_fn(self.train_model(x), y)
+            if self.scaler is not None:
+                self.scaler(loss, self.optimizer, parameters=self.model.parameters())
+            else:
+                loss.backward()
+                self.optimizer.step()
+            self.optimizer.zero_grad()
+        torch.backends.cudnn.benchmark = False
 
 
 @dataclass
@@ -342,7 +407,13 @@ def parse_args(argv=None):
     p.add_argument("--amp", choices=("none", "bf16", "fp16"), default=None)
     p.add_argument("--matrix", action="store_true",
                    help="all of {eager, compile} x {channels_last, contiguous} x {fp32, bf16}")
-    p.add_argument("--no-compile-in-matrix", action="store_true", help="leave compile out of --matrix")
+    p.add_argument("--no-compile-in-matrix", action="store_true", help="leave compile out of --matrix / --gpu-matrix")
+    p.add_argument("--gpu-matrix", action="store_true",
+                   help="channels_last, {eager, compile} x {bf16, fp16} (fp16 with GradScaler: CUDA only)")
+    p.add_argument("--compile-amps", default="bf16,fp16",
+                   help="--gpu-matrix: the amp modes that also get a compiled variant (compiling takes a while)")
+    p.add_argument("--timm", action="store_true",
+                   help="also time timm's MobileNet v1 as timm's train.py trains it, same settings, same run")
     p.add_argument("--teacher-alpha", type=float, default=None,
                    help="also time each variant distilling from a teacher of this alpha (random weights, at "
                         "--resolution): the teacher's step-time cost")
@@ -362,7 +433,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(ns.threads)
     try:
         variants = choose_variants(ns)
-        toolkit = [Result(v.name, ToolkitRunner(ns, v)) for v in variants]
+        toolkit = [Result(v.name, ToolkitRunner(ns, v)) for v in variants if v.peer == "toolkit"]
+        toolkit += [Result(v.name, TimmRunner(toolkit[0].runner, v)) for v in variants if v.peer == "timm"]
         if ns.teacher_alpha:
             teacher = teacher_checkpoint(ns)
             toolkit += [Result(f"{v.name} + teacher", ToolkitRunner(ns, v, teacher)) for v in variants]
@@ -395,6 +467,8 @@ def main(argv=None) -> int:
             if rate is not None:
                 res.ratios.append(rate / ((before + after) / 2))
             before = after
+        if ns.json:  # after every round: a run stopped by a time limit keeps what it measured
+            write_json(ns, info, load_before, [summarize(baseline, is_baseline=True)] + [summarize(t) for t in toolkit])
 
     rows = [summarize(baseline, is_baseline=True)] + [summarize(t) for t in toolkit]
     load_after = os.getloadavg()
@@ -412,13 +486,19 @@ def main(argv=None) -> int:
     if ns.teacher_alpha:
         print_teacher_cost(rows, ns.teacher_alpha)
     if ns.json:
-        ns.json.parent.mkdir(parents=True, exist_ok=True)
-        ns.json.write_text(json.dumps({
-            "machine": info, "load_avg_before": load_before, "load_avg_after": load_after,
-            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(ns).items()},
-            "results": rows}, indent=2) + "\n")
+        write_json(ns, info, load_before, rows, load_after)
         print(f"written {ns.json}")
     return 0 if all(not t.error for t in toolkit) else 1
+
+
+def write_json(ns, info: dict, load_before, rows: list[dict], load_after=None) -> None:
+    ns.json.parent.mkdir(parents=True, exist_ok=True)
+    tmp = ns.json.with_suffix(".tmp")
+    tmp.write_text(json.dumps({
+        "machine": info, "load_avg_before": load_before, "load_avg_after": load_after,
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(ns).items()},
+        "results": rows, "complete": load_after is not None}, indent=2) + "\n")
+    os.replace(tmp, ns.json)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ Three launchers are understood, in this order (as timm's and torchvision's refer
   srun       plain `srun mobilenet-train ...` in an sbatch script: SLURM_PROCID, SLURM_STEP_NUM_TASKS,
              SLURM_LOCALID; the master is the first node of the step, the port derives from the job id
 Everything is mapped onto torchrun's variables (omnivision does the same), so the rest of the
-code only knows one convention. A single process needs nothing: world size 1, no process group.
+code only knows one convention. A single process started without torchrun needs nothing: world size 1, no
+process group.
 """
 
 from __future__ import annotations
@@ -104,7 +105,9 @@ def detect_launch(env=os.environ) -> Launch:
 
 def init_distributed(device_type: str, timeout_s: int = 300) -> DistInfo:
     launch = detect_launch()
-    if launch.world_size <= 1:
+    # torchrun forms a group even of one process (as torchvision's references do): the collectives then
+    # run as on N processes, which is how a one-GPU machine checks the NCCL path.
+    if launch.world_size <= 1 and launch.launcher != "torchrun":
         return DistInfo()
     rank, world_size, local_rank = launch.rank, launch.world_size, launch.local_rank
     if not dist.is_initialized():

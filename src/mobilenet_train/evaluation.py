@@ -7,6 +7,7 @@ that option, `data.root=...` sets a key) and checked against the schema before a
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -73,6 +74,21 @@ def _model(ckpt: dict, use_ema: bool):
     return qat_model(ckpt), ModelArgs(**ckpt["model_args"])
 
 
+@contextlib.contextmanager
+def full_fp32(device: torch.device, amp):
+    """An fp32 evaluation on CUDA in true fp32 (no TF32 convolutions or matmuls), so that mobilenet-eval
+    gives the CPU's top-1 on any device; the training loop keeps PyTorch's defaults."""
+    if device.type != "cuda" or amp is not None:
+        yield
+        return
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
 def evaluate_checkpoint(ckpt_path: str, items: list[str]) -> dict:
     """Evaluate, write eval.json (atomically) and return its content plus `out`."""
     ckpt = load_checkpoint(ckpt_path)
@@ -93,7 +109,8 @@ def evaluate_checkpoint(ckpt_path: str, items: list[str]) -> dict:
     if cfg.trainer.channels_last:
         model.to(memory_format=torch.channels_last)
     prep = DevicePreprocess(cfg.data.normalization, device, cfg.trainer.channels_last)
-    metrics = evaluate(model, data.val_loader, prep, amp, desc="eval", progress=progress_enabled(opts.progress))
+    with full_fp32(device, amp):
+        metrics = evaluate(model, data.val_loader, prep, amp, desc="eval", progress=progress_enabled(opts.progress))
     result = {
         **metrics, **complexity,
         "checkpoint": str(Path(ckpt_path).resolve()), "alpha": args.alpha, "resolution": resolution,

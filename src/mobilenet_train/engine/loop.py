@@ -87,8 +87,8 @@ class Meter:
         n = y.shape[0] if y is not None else n
         correct = (logits.detach().argmax(1) == y).sum().double() if logits is not None else loss.new_zeros(
             (), dtype=torch.float64)
-        stats = torch.stack([loss.detach().double() * n, correct,
-                             torch.tensor(float(n), dtype=torch.float64, device=loss.device)])
+        # new_full is a fill kernel on the device; torch.tensor(n, device=...) would be a blocking copy.
+        stats = torch.stack([loss.detach().double() * n, correct, loss.new_full((), float(n), dtype=torch.float64)])
         self.window += stats
         self.epoch_sums += stats
         self.window_images += n
