@@ -5,7 +5,7 @@
 #
 #   scripts/gpu_check_prepare.sh [SHARED] [PYTHON_VERSION]     (defaults: ../shared, 3.12)
 #
-#   .gpu-check/wheels/   hydra-core, omegaconf, antlr4, pycocotools, torchao, executorch (the XNNPACK
+#   .gpu-check/wheels/   hydra-core, omegaconf, antlr4, pycocotools, tflite (the schema), torchao, executorch (the XNNPACK
 #                        quantizer for QAT), ruamel.yaml: the packages the GPU image lacks, for its Python
 #   .gpu-check/shared/   a ../shared look-alike: Google's Keras 0.75_224 weights, the 1000 sample images
 #                        re-encoded smaller (for the CUDA-vs-CPU eval: both sides read the same files),
@@ -28,7 +28,7 @@ mkdir -p "$OUT/wheels"
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
     -d "$OUT/wheels" \
     hydra-core==1.3.2 omegaconf==2.3.0 "pycocotools>=2.0.8,<3" \
-    torchao==0.18.0 executorch==1.5.1 ruamel.yaml 2>&1 | grep -v "^WARNING: Location" || true
+    torchao==0.18.0 executorch==1.5.1 ruamel.yaml "tflite>=2.18,<3" 2>&1 | grep -v "^WARNING: Location" || true
 # antlr4 4.9.3 (what omegaconf 2.3 needs) is an sdist only: build its pure-Python wheel here.
 if ! ls "$OUT"/wheels/antlr4_python3_runtime-* >/dev/null 2>&1; then
     "$PY" -m pip wheel -q --no-deps -w "$OUT/wheels" antlr4-python3-runtime==4.9.3 2>&1 | grep -v "^WARNING: Location" || true
