@@ -67,10 +67,12 @@ class Variant:
     amp: str  # none | bf16 | fp16
     qat: str | None = None  # a qat.target: the fake-quantized QAT model (qat.prepare) instead of the float one
     peer: str = "toolkit"  # toolkit | timm (timm's model and train.py's loop, same settings)
+    compile_mode: str = "default"  # torch.compile's mode (trainer.compile_mode)
 
     @property
     def name(self) -> str:
-        return (f"{self.peer} {'compile' if self.compile else 'eager'} "
+        mode = f"({self.compile_mode})" if self.compile and self.compile_mode != "default" else ""
+        return (f"{self.peer} {'compile' + mode if self.compile else 'eager'} "
                 f"{'channels_last' if self.channels_last else 'contiguous'} "
                 f"{'fp32' if self.amp == 'none' else self.amp}{f' QAT ({self.qat})' if self.qat else ''}")
 
@@ -80,7 +82,7 @@ def overrides_for(ns, variant: Variant | None) -> list[str]:
          f"data.batch_size={ns.batch}", "data.num_workers=0", f"trainer.device={ns.device}"]
     if variant is not None:
         o += [f"trainer.amp={variant.amp}", f"trainer.channels_last={str(variant.channels_last).lower()}",
-              f"trainer.compile={str(variant.compile).lower()}"]
+              f"trainer.compile={str(variant.compile).lower()}", f"trainer.compile_mode={variant.compile_mode}"]
         if variant.qat:
             o += ["qat.enabled=true", f"qat.target={variant.qat}"]
     return o + list(ns.overrides)  # the user's extra overrides win
@@ -89,18 +91,23 @@ def overrides_for(ns, variant: Variant | None) -> list[str]:
 def choose_variants(ns) -> list[Variant]:
     variants = _toolkit_variants(ns)
     if ns.timm:
-        variants += [Variant(v.compile, v.channels_last, v.amp, peer="timm") for v in variants if not v.qat]
+        variants += [Variant(v.compile, v.channels_last, v.amp, peer="timm", compile_mode=v.compile_mode)
+                     for v in variants if not v.qat]
     return variants
 
 
 def _toolkit_variants(ns) -> list[Variant]:
-    compiles = [False] if ns.no_compile_in_matrix else [False, True]
     if ns.gpu_matrix:  # channels_last, {eager, compile} x {bf16, fp16}; --compile-amps narrows the compiled ones
         compile_amps = ns.compile_amps.split(",")
         cuda = ns.device.startswith("cuda") or (ns.device == "auto" and torch.cuda.is_available())
         amps = ("bf16", "fp16") if cuda else ("bf16",)  # fp16 needs CUDA's GradScaler: its CPU twin is bf16 alone
-        return [Variant(c, True, amp) for c in compiles for amp in amps if not c or amp in compile_amps]
+        eager = [Variant(False, True, amp) for amp in amps]
+        if ns.no_compile_in_matrix:
+            return eager
+        return eager + [Variant(True, True, amp, compile_mode=mode) for mode in ns.compile_modes.split(",")
+                        for amp in amps if amp in compile_amps]
     if ns.matrix:
+        compiles = [False] if ns.no_compile_in_matrix else [False, True]
         return [Variant(c, cl, amp) for c in compiles for cl in (True, False) for amp in ("none", "bf16")]
     # A flag left out means "the toolkit's configured default" (trainer/default.yaml).
     tcfg = compose_config(overrides_for(ns, None)).trainer
@@ -108,6 +115,7 @@ def _toolkit_variants(ns) -> list[Variant]:
         compile=bool(tcfg.compile) if ns.compile is None else ns.compile,
         channels_last=bool(tcfg.channels_last) if ns.channels_last is None else ns.channels_last,
         amp=str(tcfg.amp) if ns.amp is None else ns.amp,
+        compile_mode=str(tcfg.compile_mode),
     )
     if not ns.qat:
         return [float_variant]
@@ -178,7 +186,8 @@ class ToolkitRunner:
             from timm.utils import ModelEmaV3
             ema = ModelEmaV3(model, decay=float(tcfg.ema.decay), use_warmup=bool(tcfg.ema.warmup))
         scheduler.step_update(num_updates=0)
-        train_model = torch.compile(model) if tcfg.compile else model
+        mode = None if tcfg.compile_mode == "default" else str(tcfg.compile_mode)
+        train_model = torch.compile(model, mode=mode) if tcfg.compile else model
         loss_fn = nn.CrossEntropyLoss(label_smoothing=float(cfg.optim.label_smoothing))
         prep = DevicePreprocess(cfg.data.normalization, device, bool(tcfg.channels_last))
         classes = [str(i) for i in range(args.num_classes)]
@@ -243,7 +252,8 @@ class TimmRunner:
             model.to(memory_format=torch.channels_last)
         o = cfg.optim
         self.model = model
-        self.train_model = torch.compile(model) if variant.compile else model
+        mode = None if variant.compile_mode == "default" else variant.compile_mode
+        self.train_model = torch.compile(model, mode=mode) if variant.compile else model  # --torchcompile-mode
         self.optimizer = create_optimizer_v2(model, opt="rmsproptf", lr=scaled_lr(o, int(cfg.data.batch_size)),
                                              weight_decay=float(o.weight_decay), eps=float(o.eps),
                                              momentum=float(o.momentum))
@@ -412,6 +422,9 @@ def parse_args(argv=None):
                    help="channels_last, {eager, compile} x {bf16, fp16} (fp16 with GradScaler: CUDA only)")
     p.add_argument("--compile-amps", default="bf16,fp16",
                    help="--gpu-matrix: the amp modes that also get a compiled variant (compiling takes a while)")
+    p.add_argument("--compile-modes", default="default",
+                   help="--gpu-matrix: torch.compile modes of the compiled variants (trainer.compile_mode), e.g. "
+                        "default,reduce-overhead")
     p.add_argument("--timm", action="store_true",
                    help="also time timm's MobileNet v1 as timm's train.py trains it, same settings, same run")
     p.add_argument("--teacher-alpha", type=float, default=None,

@@ -178,7 +178,7 @@ def part_speed(ns, out: Path, env: dict, budget: Budget) -> dict:
     bench = out / "bench_train.json"
     if ns.device == "cuda":
         size = ["--alpha", "1.0", "--resolution", "224", "--batch", "256", "--steps", "20", "--warmup", "5",
-                "--repeats", "3", "--compile-amps", ns.compile_amps]
+                "--repeats", "3", "--compile-amps", ns.compile_amps, "--compile-modes", ns.compile_modes]
     else:
         size = ["--alpha", "0.25", "--resolution", "64", "--batch", "16", "--steps", "2", "--warmup", "1",
                 "--repeats", "1", "--no-compile-in-matrix"]
@@ -437,6 +437,8 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, default=4, help="pytest-xdist processes for the CUDA tests")
     p.add_argument("--compile-amps", default="bf16",
                    help="speed: the amp modes that also run compiled (each costs a compile: bf16,fp16 for both)")
+    p.add_argument("--compile-modes", default="default",
+                   help="speed: torch.compile modes of the compiled variants, e.g. default,reduce-overhead")
     p.add_argument("--pytest-args", nargs=argparse.REMAINDER, default=[], help="passed on to pytest (last)")
     ns = p.parse_args(argv)
     ns.parts = [x for x in ns.parts.split(",") if x]

@@ -119,3 +119,17 @@ def test_step_checkpoints_and_mid_epoch_resume(tmp_path, monkeypatch, caplog):
     b = _last(resumed)
     assert b["epoch"] == 1 and b["step"] == 6
     _assert_same_weights(_last(straight)["model"], b["model"])
+
+
+def test_training_wrapper_compiles_in_the_configured_mode(monkeypatch):
+    """trainer.compile_mode reaches torch.compile (default: torch's own default, mode=None)."""
+    from mobilenet_train.distributed import DistInfo
+    from mobilenet_train.engine.setup import training_wrapper
+
+    modes = []
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: modes.append(mode) or model)
+    model = torch.nn.Linear(2, 2)
+    assert training_wrapper(model, DistInfo(), torch.device("cpu"), False, "reduce-overhead") is model
+    training_wrapper(model, DistInfo(), torch.device("cpu"), True, "reduce-overhead")
+    training_wrapper(model, DistInfo(), torch.device("cpu"), True)
+    assert modes == ["reduce-overhead", None]

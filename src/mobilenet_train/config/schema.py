@@ -226,6 +226,9 @@ class TrainerConfig:
                    choices=("none", "bf16", "fp16"))
     channels_last: bool = key(True, "NHWC memory format on the device")
     compile: bool = key(False, "torch.compile the training model")
+    compile_mode: str = key("default", "torch.compile's mode with trainer.compile: default | reduce-overhead (CUDA "
+                            "graphs) | max-autotune | max-autotune-no-cudagraphs",
+                            choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
     accum_steps: int = key(1, "gradient accumulation: micro-batches per optimizer step", ge=1, le=1024, example=2)
     grad_clip: float = key(0.0, "max global grad norm; 0 disables", ge=0, example=1.0)
     freeze_backbone_epochs: int = key(0, "fine-tuning: train only the classifier for this many epochs", ge=0,

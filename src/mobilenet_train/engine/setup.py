@@ -177,7 +177,7 @@ def build_parts(cfg: DictConfig, ctx: TrainContext, model: nn.Module, weights: d
     frozen = epoch < int(tcfg.freeze_backbone_epochs)
     if not cfg.qat.enabled:  # QAT refuses freeze_backbone_epochs (config schema): no module tree to freeze
         finetune.set_backbone_frozen(model, frozen)
-    train_model = training_wrapper(model, ctx.dist_info, device, bool(tcfg.compile))
+    train_model = training_wrapper(model, ctx.dist_info, device, bool(tcfg.compile), str(tcfg.compile_mode))
     loss_fn = build_loss(cfg.optim, mixing_active(cfg.data))
     prep = DevicePreprocess(cfg.data.normalization, device, bool(tcfg.channels_last))
     micro_batch = int(cfg.data.batch_size) // (ctx.dist_info.world_size * int(tcfg.accum_steps))
@@ -201,12 +201,12 @@ def build_loss(optim_cfg, mixing: bool) -> nn.Module:
 
 
 def training_wrapper(model: nn.Module, dist_info: distributed.DistInfo, device: torch.device,
-                     compile_model: bool) -> nn.Module:
-    """What the loop calls: the model, DDP-wrapped when distributed, compiled if asked."""
+                     compile_model: bool, compile_mode: str = "default") -> nn.Module:
+    """What the loop calls: the model, DDP-wrapped when distributed, compiled (in `compile_mode`) if asked."""
     train_model: nn.Module = model
     if dist_info.enabled:
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if compile_model:
-        train_model = torch.compile(train_model)
+        train_model = torch.compile(train_model, mode=None if compile_mode == "default" else compile_mode)
     return train_model

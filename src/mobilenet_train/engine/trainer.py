@@ -227,7 +227,9 @@ class Trainer:
         finetune.set_backbone_frozen(p.model, False)
         p.frozen_backbone = False
         # DDP registers the trainable parameters when built, so build the wrapper again.
-        p.train_model = training_wrapper(p.model, self.ctx.dist_info, self.ctx.device, bool(self.cfg.trainer.compile))
+        tcfg = self.cfg.trainer
+        p.train_model = training_wrapper(p.model, self.ctx.dist_info, self.ctx.device, bool(tcfg.compile),
+                                         str(tcfg.compile_mode))
 
     def _signum(self) -> int:
         return self.stop.signum or signal.SIGTERM  # another rank's signal leaves ours unset
