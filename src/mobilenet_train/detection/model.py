@@ -289,10 +289,12 @@ class SSDMobileNetV1(SSD):
     def blocks(self) -> nn.Module:
         return self.backbone.blocks
 
-    def init_from_checkpoint(self, init: dict, path: str) -> list[str]:
+    def init_from_checkpoint(self, init: dict, path: str, classes: list[str] | None = None) -> list[str]:
         """Load `init` (a checkpoint payload) into this detector: a classifier's stem and blocks become the
-        backbone, a detector's weights are taken where their shapes fit (another category count leaves the
-        class predictors new). Returns the names left as initialised; UserError when the backbone does not fit."""
+        backbone, a detector's weights are taken where their shapes fit. A detector's class predictors: where
+        both know their category names (`classes`: this detector's) and these differ, the rows of categories
+        whose names match (and the background's) are kept and the others stay new (`class_rows`); else kept
+        when the shapes fit. Returns the names left as initialised; UserError when the backbone does not fit."""
         own = self.state_dict()
         detector = init["model_args"].get("task") == "detection"
         prefix = "" if detector else "backbone."
@@ -305,8 +307,40 @@ class SSDMobileNetV1(SSD):
             raise UserError(f"model.init={path} does not fit the detector's backbone: no matching weights for "
                             f"{odd}, ...")
         kept = {k: v for k, v in mapped.items() if k in own and own[k].shape == v.shape}
+        self.kept_categories = None
+        if detector and classes and init.get("classes") and list(init["classes"]) != list(classes):
+            kept = {k: v for k, v in kept.items() if not k.startswith(CLASS_HEAD)}
+            rows, self.kept_categories = class_rows(mapped, own, list(init["classes"]), list(classes))
+            kept.update(rows)
         self.load_state_dict({**own, **kept})
         return [k for k in own if k not in kept]
+
+
+CLASS_HEAD = "head.classification_head."
+
+
+def class_rows(init_state: dict, own: dict, init_classes: list[str], classes: list[str]) -> tuple[dict, dict]:
+    """The class predictors for `classes` from a detector trained on `init_classes`: per anchor, the background
+    row and the rows of categories of the same name (case aside) copied, the others as `own` has them (new).
+    Returns ({name: tensor}, {category: its row in the init, or None when new})."""
+    index = {name.lower(): i for i, name in enumerate(init_classes)}
+    source = {c: index.get(c.lower()) for c in classes}
+    new_width, old_width = len(classes) + 1, len(init_classes) + 1
+    pairs = [(0, 0)] + [(k + 1, source[c] + 1) for k, c in enumerate(classes) if source[c] is not None]
+    rows = {}
+    for name, value in own.items():
+        if not name.startswith(CLASS_HEAD) or name not in init_state:
+            continue
+        old = init_state[name]
+        anchors = value.shape[0] // new_width
+        if old.shape[0] != anchors * old_width or old.shape[1:] != value.shape[1:]:
+            continue  # another head layout: stays new
+        out = value.clone()
+        for a in range(anchors):
+            for new, prev in pairs:
+                out[a * new_width + new] = old[a * old_width + prev]
+        rows[name] = out
+    return rows, source
 
 
 def build_detector(cfg) -> tuple[SSDMobileNetV1, DetArgs]:
