@@ -214,9 +214,9 @@ class SSDMobileNetV1(SSD):
         return torch.logit(scores) if self.args.score_fn == "sigmoid" else torch.log(scores)
 
     def compute_loss(self, targets, head_outputs, anchors, matched_idxs):
-        """softmax: torchvision's SSD loss. sigmoid: TF's SSD loss, a sigmoid cross-entropy per class (one-hot
-        targets, background included) in place of the softmax one; box loss and hard-negative mining as
-        torchvision's."""
+        """softmax: torchvision's SSD loss. sigmoid: TF's SSD loss, a sigmoid cross-entropy per category
+        (one-hot targets; a background anchor has none) in place of the softmax one; box loss and hard-negative
+        mining as torchvision's."""
         if self.args.score_fn == "softmax":
             return super().compute_loss(targets, head_outputs, anchors, matched_idxs)
         cls_logits = head_outputs["cls_logits"]
@@ -230,8 +230,10 @@ class SSDMobileNetV1(SSD):
             labels[fg] = t["labels"][matched[fg]]
             cls_targets.append(labels)
         cls_targets = torch.stack(cls_targets)
-        one_hot = F.one_hot(cls_targets, cls_logits.shape[-1]).to(cls_logits.dtype)
-        cls_loss = F.binary_cross_entropy_with_logits(cls_logits, one_hot, reduction="none").sum(-1)
+        # The background is implicit (an anchor with no category), as TF trains its sigmoid SSD: the file's
+        # background column is near 0 everywhere and no score reads it.
+        one_hot = F.one_hot(cls_targets, cls_logits.shape[-1])[..., 1:].to(cls_logits.dtype)
+        cls_loss = F.binary_cross_entropy_with_logits(cls_logits[..., 1:], one_hot, reduction="none").sum(-1)
         foreground = cls_targets > 0
         num_negative = self.neg_to_pos_ratio * foreground.sum(1, keepdim=True)
         negative_loss = cls_loss.detach().clone()
