@@ -34,7 +34,10 @@ def report(r: ExportResult) -> None:
               f"({r.size_bytes / 1e6:.2f} MB); outputs boxes and scores, NMS is post-processing (docs/deploy.md)")
         print(f"checked     in its runtime on {r.inputs}: max box error {v['max_abs_box_error']:.2g} px, max score "
               f"error {v['max_abs_score_error']:.2g}, top-10 detections agree on {100 * v['top10_labels_agree']:.0f}% "
-              f"of the images")
+              f"of the images" + (f"; {100 * v['confident_detections_found']:.0f}% of PyTorch's detections "
+                                  f"scored >= 0.5 found again" if "confident_detections_found" in v else ""))
+        if r.calibration:
+            print(f"calibrated  on {r.calibration}")
         return
     print(f"exported    {r.format} {r.precision} for {RUNTIMES[r.format]}, BN folded: "
           f"{r.out} ({r.size_bytes / 1e6:.2f} MB)")
