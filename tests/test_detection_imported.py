@@ -171,3 +171,28 @@ def test_refusals_are_one_line(imported, tmp_path):
     assert_one_line_error(proc, "category id 1 is 'pedestrian'", "'person'")
     proc = run_main("mobilenet-eval", str(src), f"data.root={root}", *EVAL, cwd=tmp_path, check=False)
     assert_one_line_error(proc, "category id 1 is 'pedestrian'")
+
+
+@pytest.mark.slow
+def test_finetune_from_the_import_and_export_to_tflite(imported, tmp_path):
+    """+experiment=ssd_finetune from the import on data where one COCO category has another name: its
+    class rows start fresh, the others are kept (logged); the frozen backbone stays the file's; the result
+    exports to TF-Lite and is checked in LiteRT."""
+    root = coco_subset(tmp_path / "coco", 8, rename={3: "automobile"})
+    run = tmp_path / "run"
+    proc = run_main("mobilenet-train", "task=detection", "+experiment=ssd_finetune", f"model.init={imported}",
+                    "data=coco", f"data.root={root}", "data.train_split=train2017", "data.val_split=train2017",
+                    "data.batch_size=4", "data.eval_batch_size=8", "data.num_workers=0", "trainer.epochs=1",
+                    "trainer.progress=false", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "class-head rows kept for 79 categories" in proc.stderr and "1 start fresh (automobile)" in proc.stderr
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+    init = load_checkpoint(imported)
+    assert "automobile" in ckpt["classes"] and ckpt["model_args"]["score_fn"] == "sigmoid"
+    assert ckpt["config"]["data"]["normalization"] == "uint8_128"
+    name = "backbone.blocks.12.pw.conv.weight"
+    assert torch.equal(ckpt["model"][name], init["model"][name])
+    proc = run_main("mobilenet-export", str(run / "checkpoints" / "last.pt"), "--format", "tflite", "num_verify=4",
+                    cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "checked     in its runtime" in proc.stdout and (run / "checkpoints" / "last.tflite").is_file()
