@@ -286,6 +286,11 @@ DETECTION_HEADS = ("ssd", "ssd3x3", "ssdlite")
 class DetectionConfig:
     """task=detection: SSD on the MobileNet v1 backbone (torchvision.models.detection.SSD)."""
 
+    arch: str = key("ssd", "ssd: SSD (torchvision's SSD; Table 13's SSD 300) | faster_rcnn: torchvision's "
+                    "FasterRCNN, features from block 11, blocks 12-13 per RoI (Table 13's Faster-RCNN rows)",
+                    choices=("ssd", "faster_rcnn"))
+    proposals: int = key(300, "faster_rcnn: RPN proposals kept after its NMS at test time (Table 13 counts 300)",
+                         ge=1, example=300)
     head: str = key("ssd", "ssd: 1x1 conv box predictors, TF ssd_mobilenet_v1 (the paper's Table 13) | ssd3x3: "
                     "torchvision's SSDHead (3x3 convs) | ssdlite: torchvision's SSDLiteHead (depthwise-separable "
                     "3x3) with depthwise-separable extra layers", choices=DETECTION_HEADS)

@@ -34,6 +34,7 @@ from torchvision.ops import boxes as box_ops
 
 from ..errors import UserError
 from ..model import ConvBNAct, DepthwiseSeparable, MobileNetV1, ModelArgs
+from .frcnn import FasterRCNNMobileNetV1
 
 EXTRA_DEPTHS = (512, 256, 256, 128)
 # Anchors per feature map: TF ssd_mobilenet_v1's aspect ratios 1, 2, 1/2, 3, 1/3 and one more of ratio 1
@@ -64,6 +65,8 @@ class DetArgs(ModelArgs):
     categories, the background class comes on top. Stored in every detection checkpoint."""
 
     task: str = "detection"
+    arch: str = "ssd"
+    proposals: int = 300
     head: str = "ssd"
     min_ratio: float = 0.2
     max_ratio: float = 0.95
@@ -345,15 +348,19 @@ def class_rows(init_state: dict, own: dict, init_classes: list[str], classes: li
     return rows, source
 
 
-def build_detector(cfg) -> tuple[SSDMobileNetV1, DetArgs]:
-    """Build from the whole config (task=detection)."""
+def build_detector(cfg) -> tuple[nn.Module, DetArgs]:
+    """Build from the whole config (task=detection): SSD, or Faster R-CNN (detection.arch)."""
     args = DetArgs.from_config(cfg)
-    return SSDMobileNetV1(args), args
+    return detector_of(args), args
 
 
-def detector_from_args(stored: dict) -> tuple[SSDMobileNetV1, DetArgs]:
+def detector_from_args(stored: dict) -> tuple[nn.Module, DetArgs]:
     args = DetArgs(**stored)
-    return SSDMobileNetV1(args), args
+    return detector_of(args), args
+
+
+def detector_of(args: DetArgs) -> nn.Module:
+    return FasterRCNNMobileNetV1(args) if args.arch == "faster_rcnn" else SSDMobileNetV1(args)
 
 
 class DetectorOutputs(nn.Module):
