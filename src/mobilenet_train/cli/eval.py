@@ -17,7 +17,9 @@ def _print_detection(r: dict) -> None:
         print(f"file        {r['file']}: {r['format']} {r['quantization']}, run by {r['runtime']}")
     else:
         print(f"checkpoint  {r['checkpoint']}{' (EMA weights)' if r['use_ema'] else ''}")
-    print(f"model       SSD {r['resolution']} ({r['head']} head) on MobileNet v1 {r['variant']} alpha={r['alpha']}: "
+    arch = ("Faster R-CNN" if r["model_args"].get("arch") == "faster_rcnn" else f"SSD {r['resolution']} "
+            f"({r['head']} head)")
+    print(f"model       {arch} on MobileNet v1 {r['variant']} alpha={r['alpha']} at {r['resolution']} px: "
           f"{r['params'] / 1e6:.2f}M params, {r['mult_adds'] / 1e9:.3f}B mult-adds")
     print(f"data        {r['dataset']} {r['split']} ({r['num_images']} images, {r['num_detections']} detections: "
           f"{r['detections_per_image']:.1f} kept per image)")

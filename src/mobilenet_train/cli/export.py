@@ -29,6 +29,12 @@ def parse_options(items: list[str]) -> tuple[ExportOptions, list[str]]:
 
 def report(r: ExportResult) -> None:
     v = r.verification
+    if "detections_found" in v:  # Faster R-CNN: the whole detector, NMS inside
+        print(f"exported    Faster R-CNN detector, {r.format} {r.precision} for {RUNTIMES[r.format]}: {r.out} "
+              f"({r.size_bytes / 1e6:.2f} MB); outputs boxes, labels and scores after NMS (docs/deploy.md)")
+        print(f"checked     in its runtime on {r.inputs}: max score error {v['max_abs_score_error']:.2g}, "
+              f"{100 * v['detections_found']:.0f}% of PyTorch's detections found again (same label, IoU >= 0.9)")
+        return
     if "max_abs_box_error" in v:  # a detector: boxes and scores out, NMS as post-processing
         print(f"exported    SSD detector, {r.format} {r.precision} for {RUNTIMES[r.format]}: {r.out} "
               f"({r.size_bytes / 1e6:.2f} MB); outputs boxes and scores, NMS is post-processing (docs/deploy.md)")

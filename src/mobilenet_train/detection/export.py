@@ -155,16 +155,56 @@ def verify_tflite(path: Path, model: DetectorOutputs, x: torch.Tensor, int8: boo
     return result
 
 
+def frcnn_onnx(ckpt: dict, path: Path, x: torch.Tensor, meta: dict) -> dict:
+    """Faster R-CNN whole, NMS inside (torchvision's RPN and RoI heads trace with the TorchScript-based
+    exporter, opset 17): input one normalised CHW image, outputs boxes (x1, y1, x2, y2 in input pixels), labels,
+    scores. Checked in ONNX Runtime: the scores (sorted: equal scores may swap places) within SCORE_TOLERANCE,
+    and the share of PyTorch's detections found again (same label, IoU >= 0.9) reported."""
+    import onnxruntime as ort
+    from torchvision.ops import box_iou
+
+    model, _ = detector_from_args(dict(ckpt["model_args"]))
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    with torch.no_grad():
+        torch.onnx.export(model, ([x[0]],), str(path), opset_version=17, dynamo=False, input_names=["image"],
+                          output_names=["boxes", "labels", "scores"])
+    proto = onnx.load(str(path))
+    proto.metadata_props.add(key=METADATA_KEY, value=json.dumps(meta))
+    onnx.save(proto, str(path))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    score_err, found, total = 0.0, 0, 0
+    for image in x:
+        boxes, labels, scores = session.run(None, {"image": image.numpy()})
+        with torch.no_grad():
+            ref = model([image])[0]
+        if len(scores) != len(ref["scores"]):
+            raise UserError(f"the ONNX file keeps {len(scores)} detections where PyTorch keeps {len(ref['scores'])}: "
+                            f"not written")
+        score_err = max(score_err, float(np.abs(np.sort(scores) - np.sort(ref["scores"].numpy())).max(initial=0)))
+        for box, label in zip(ref["boxes"], ref["labels"]):
+            same = torch.from_numpy(labels) == label
+            total += 1
+            found += bool(same.any() and box_iou(box[None], torch.from_numpy(boxes)[same]).max() >= 0.9)
+    if score_err > SCORE_TOLERANCE:
+        raise UserError(f"the ONNX file's scores disagree with PyTorch's (error {score_err:.3g}): not written")
+    return {"max_abs_score_error": score_err, "detections_found": found / total if total else 1.0}
+
+
 def export_detector(ckpt_path: Path, ckpt: dict, fmt: str, quantize: str | None, out: str | None,
                     num_verify: int, num_calibration: int = 100) -> dict:
     """Write and check the ONNX or TF-Lite file of a detection checkpoint; returns what mobilenet-export
     reports."""
+    if ckpt["model_args"].get("arch", "ssd") == "faster_rcnn" and (fmt != "onnx" or quantize):
+        raise UserError(f"Faster R-CNN checkpoints export to ONNX fp32 only (asked: --format {fmt}"
+                        f"{' --quantize ' + quantize if quantize else ''}): use --format onnx")
     if fmt not in SUFFIX or (quantize and fmt != "tflite"):
         raise UserError(f"detection checkpoints export to ONNX fp32 or TF-Lite fp32 / int8 (asked: --format {fmt}"
                         f"{' --quantize ' + quantize if quantize else ''}): use --format onnx or --format tflite")
     stem = ckpt_path.stem + (f".{quantize}" if quantize else "")
     out_path = Path(out) if out else ckpt_path.with_name(stem + SUFFIX[fmt])
-    model = detector_outputs(ckpt)
+    frcnn = ckpt["model_args"].get("arch", "ssd") == "faster_rcnn"
+    model = None if frcnn else detector_outputs(ckpt)
     norm = ckpt["config"]["data"]["normalization"]
     images, described = real_images(ckpt, num_verify)
     x = normalized(images, norm)
@@ -177,7 +217,11 @@ def export_detector(ckpt_path: Path, ckpt: dict, fmt: str, quantize: str | None,
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.stem}.tmp{os.getpid()}{out_path.suffix}")
     try:
-        if fmt == "onnx":
+        if frcnn:
+            check = frcnn_onnx(ckpt, tmp, x, {**meta, "outputs": {
+                "boxes": "x1, y1, x2, y2 in input pixels", "labels": "1..categories", "scores": "softmax"},
+                "input_layout": "CHW, one image", "postprocess": "inside the graph (torchvision's)"})
+        elif fmt == "onnx":
             write_onnx(model, tmp, x[:2], meta)
             check = verify_onnx(tmp, model, x)
         else:
