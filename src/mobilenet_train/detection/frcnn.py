@@ -109,9 +109,8 @@ class FasterRCNNMobileNetV1(FasterRCNN):
             return f"backbone.{name}"
         if not name.startswith("blocks."):
             return None
-        index, rest = name.removeprefix("blocks.").split(".", 1)
-        i = int(index)
-        return f"backbone.blocks.{i}.{rest}" if i < self.split else f"roi_heads.box_head.blocks.{i - self.split}.{rest}"
+        index = int(name.split(".")[1])  # a slice of a Sequential keeps the classifier's indices
+        return f"backbone.{name}" if index < self.split else f"roi_heads.box_head.{name}"
 
     def init_from_checkpoint(self, init: dict, path: str, classes: list[str] | None = None) -> list[str]:
         """A classifier's stem and blocks become the trunk and the RoI blocks; a Faster R-CNN checkpoint's
