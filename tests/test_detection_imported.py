@@ -114,6 +114,7 @@ def test_import_detects_as_litert(imported, source):
     """The float import against the int8 file in LiteRT on a handful of coco128 photos: every confident
     LiteRT detection found with the same category and nearly the same box (the int8 file's own box codes
     and anchors are quantized: pixels of difference remain)."""
+    pytest.importorskip("ai_edge_litert")
     coco = shared_or_skip(*COCO128)
     ckpt = load_checkpoint(imported)
     model, _ = detector_from_args(dict(ckpt["model_args"]))
@@ -142,6 +143,7 @@ def test_import_detects_as_litert(imported, source):
 
 
 def test_checkpoint_and_file_score_alike(imported, tmp_path):
+    pytest.importorskip("ai_edge_litert")
     root = coco_subset(tmp_path / "coco", 16)
     items = [f"data.root={root}", *EVAL]
     ours = evaluate_checkpoint(str(imported), [*items, f"out={tmp_path / 'pt.json'}"])
