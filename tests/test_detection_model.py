@@ -93,3 +93,56 @@ def test_bad_detection_settings_are_one_line_errors():
         DetArgs(resolution=300, num_classes=3, min_ratio=0.9, max_ratio=0.5).validate()
     with pytest.raises(UserError, match="too small"):
         DetArgs(resolution=48, num_classes=3).validate()
+
+
+def test_class_rows_kept_by_category_name():
+    """A detector init with other categories: background and same-name rows kept per anchor, the rest new;
+    the box regressors and everything else kept."""
+    init_model = SSDMobileNetV1(DetArgs(alpha=0.25, resolution=96, num_classes=3))
+    for p in init_model.parameters():
+        nn.init.normal_(p)
+    init = model_payload(init_model, init_model.args, {}, ["person", "dog", "cat"], {})
+    model = SSDMobileNetV1(DetArgs(alpha=0.25, resolution=96, num_classes=2))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.init_from_checkpoint(init, "det.pt", ["Dog", "widget"])
+    assert model.kept_categories == {"Dog": 1, "widget": None}
+    for m, conv in enumerate(model.head.classification_head.module_list):
+        old = init_model.head.classification_head.module_list[m]
+        name = f"head.classification_head.module_list.{m}.weight"
+        for a in range(conv.out_channels // 3):
+            assert torch.equal(conv.weight[3 * a], old.weight[4 * a])          # background
+            assert torch.equal(conv.weight[3 * a + 1], old.weight[4 * a + 2])  # dog
+            assert torch.equal(conv.bias[3 * a + 1], old.bias[4 * a + 2])
+            assert torch.equal(conv.weight[3 * a + 2], before[name][3 * a + 2])  # widget: as initialised
+    assert torch.equal(model.head.regression_head.module_list[2].weight,
+                       init_model.head.regression_head.module_list[2].weight)
+    assert torch.equal(model.backbone.extras[1][1].conv.weight, init_model.backbone.extras[1][1].conv.weight)
+
+
+def test_tf_variants_sigmoid_best_class_and_box_scales():
+    """TF's SSD: sigmoid scores and loss, one NMS over each anchor's best class, its box-coder scales."""
+    args = DetArgs(alpha=0.25, resolution=96, num_classes=4, score_fn="sigmoid", nms_mode="best_class",
+                   box_scales=(10.0, 10.0, 5.0, 5.0), clip_anchors=False, score_thresh=0.0, detections_per_img=7)
+    model = SSDMobileNetV1(args)
+    assert model.box_coder.weights == (10.0, 10.0, 5.0, 5.0)
+    assert SSDMobileNetV1(DetArgs(alpha=0.25, resolution=96, num_classes=4, box_scales=[8, 9, 3, 4])
+                          ).box_coder.weights == (9.0, 8.0, 4.0, 3.0)  # TF's y, x, h, w -> torchvision's x, y, w, h
+    model.train()
+    targets = [{"boxes": torch.tensor([[10.0, 10.0, 50.0, 60.0]]), "labels": torch.tensor([2])},
+               {"boxes": torch.tensor([[5.0, 20.0, 90.0, 70.0]]), "labels": torch.tensor([4])}]
+    losses = model(torch.randn(2, 3, 96, 96), targets)
+    assert torch.isfinite(losses["classification"]) and losses["classification"] > 0
+    sum(losses.values()).backward()
+    model.eval()
+    with torch.no_grad():
+        det = model(torch.randn(2, 3, 96, 96))[0]
+    assert len(det["boxes"]) == 7 and det["labels"].min() >= 1 and det["labels"].max() <= 4
+    assert float(det["scores"].max()) < 1 and bool((det["scores"][:-1] >= det["scores"][1:]).all())
+    from torchvision.ops import box_iou
+    iou = box_iou(det["boxes"], det["boxes"]).fill_diagonal_(0)
+    assert float(iou.max()) <= args.nms_thresh + 1e-6  # one NMS across classes
+    outputs = DetectorOutputs(model)
+    boxes, scores = outputs(torch.randn(1, 3, 96, 96))
+    assert float(scores.max()) <= 1 and not torch.allclose(scores.sum(-1), torch.ones(1))  # sigmoid, not softmax
+    again = outputs.postprocess(boxes, scores)[0]
+    assert len(again["boxes"]) == 7

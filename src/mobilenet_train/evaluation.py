@@ -139,21 +139,24 @@ def evaluate_detector_checkpoint(ckpt: dict, ckpt_path: str, items: list[str]) -
     model, args = detector_from_args(stored)
     model.load_state_dict(ckpt["model"])
     complexity = detector_complexity(model, args.resolution)
-    data = build_detection_data(cfg, args.resolution, train=False, pin_memory=device.type == "cuda")
-    if ckpt.get("classes") and list(ckpt["classes"]) != data.classes:
+    by_id = (list(ckpt["classes"]), list(ckpt["category_ids"])) if ckpt.get("category_ids") else None
+    data = build_detection_data(cfg, args.resolution, train=False, pin_memory=device.type == "cuda",
+                                model_categories=by_id)
+    if not by_id and ckpt.get("classes") and list(ckpt["classes"]) != data.classes:
         raise UserError(f"the evaluation data's categories differ from the checkpoint's ({len(data.classes)} vs "
                         f"{len(ckpt['classes'])}): point data.root at the dataset the model was trained on")
     model.to(device)
     prep = DevicePreprocess(cfg.data.normalization, device, cfg.trainer.channels_last)
     metrics = evaluate_detection(model, data.val_loader, prep, amp, desc="eval",
-                                 progress=progress_enabled(opts.progress))
+                                 progress=progress_enabled(opts.progress), category_ids=by_id[1] if by_id else None)
     result = {
         **metrics, **complexity, "task": "detection",
         "checkpoint": str(Path(ckpt_path).resolve()), "alpha": args.alpha, "resolution": args.resolution,
         "variant": args.variant, "head": args.head, "use_ema": opts.use_ema, "dataset": cfg.data.name,
         "data_root": str(cfg.data.root) if cfg.data.root else None, "split": cfg.data.val_split,
         "epoch": ckpt.get("epoch"), "step": ckpt.get("step"), "device": str(device), "amp": opts.amp,
-        "model_args": args.to_dict(),
+        "model_args": args.to_dict(), "max_detections_per_image": args.detections_per_img,
+        "category_mapping": "by COCO id (the checkpoint's category_ids)" if by_id else "dataset order",
     }
     out = Path(opts.out) if opts.out else Path(ckpt_path).with_name("eval.json")
     atomic_write_json(out, result)

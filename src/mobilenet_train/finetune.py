@@ -46,11 +46,40 @@ def load_init(cfg: DictConfig) -> dict | None:
         if key in stored and cfg.model.get(key) != stored[key]:
             changed.append(f"model.{key}={stored[key]}")
             OmegaConf.update(cfg, f"model.{key}", stored[key], merge=False)
+    if stored.get("task") == "detection" and cfg.get("task") == "detection":
+        changed += detector_settings(cfg, init)
     if changed:
         log.info("model.init=%s: the architecture comes from it (%s)", path, " ".join(changed))
     if (cfg.get("qat") or {}).get("enabled"):
         same_input_as_init(cfg, init, path)
     return init
+
+
+# A detector init's keys that give its weights their meaning: always taken from it. Its post-processing
+# and its input normalisation: taken where the config leaves them at their defaults.
+DETECTOR_ARCH_KEYS = ("head", "min_ratio", "max_ratio", "score_fn", "box_scales", "clip_anchors")
+DETECTOR_POST_KEYS = ("nms_mode", "score_thresh", "nms_thresh", "detections_per_img", "topk_candidates")
+
+
+def detector_settings(cfg: DictConfig, init: dict) -> list[str]:
+    """Copy a detector init's detection.* settings (and its data.normalization) into `cfg`; returns them."""
+    from .config.schema import DataConfig, DetectionConfig
+
+    stored, changed = init["model_args"], []
+    defaults = DetectionConfig()
+    for key in DETECTOR_ARCH_KEYS + DETECTOR_POST_KEYS:
+        value, now = stored.get(key), cfg.detection.get(key)
+        now = list(now) if key == "box_scales" else now
+        value = list(value) if key == "box_scales" and value is not None else value
+        at_default = now == (list(getattr(defaults, key)) if key == "box_scales" else getattr(defaults, key))
+        if value is not None and now != value and (key in DETECTOR_ARCH_KEYS or at_default):
+            changed.append(f"detection.{key}={value}")
+            OmegaConf.update(cfg, f"detection.{key}", value, merge=False)
+    norm = (init["config"].get("data") or {}).get("normalization")
+    if norm and cfg.data.normalization != norm and cfg.data.normalization == DataConfig().normalization:
+        changed.append(f"data.normalization={norm}")
+        OmegaConf.update(cfg, "data.normalization", norm, merge=False)
+    return changed
 
 
 # What a deployed model's input is: QAT must train and score the model on exactly that input.
@@ -75,12 +104,20 @@ def same_input_as_init(cfg: DictConfig, init: dict, path) -> None:
                         f"add {' '.join(diffs)}")
 
 
-def load_init_weights(model: nn.Module, init: dict, path: str) -> list[str]:
+def load_init_weights(model: nn.Module, init: dict, path: str, classes: list[str] | None = None) -> list[str]:
     """Copy `init`'s weights into `model`; a classifier of another shape is left as initialised.
-    A detector takes its backbone from it (its `init_from_checkpoint`)."""
+    A detector takes its backbone from it (its `init_from_checkpoint`), and from a detector whatever fits,
+    class-head rows by category name where the categories (`classes`) differ."""
     if hasattr(model, "init_from_checkpoint"):
-        fresh = model.init_from_checkpoint(init, path)
+        fresh = model.init_from_checkpoint(init, path, classes)
         log.info("model.init=%s: backbone loaded; %d detector tensors start afresh", path, len(fresh))
+        kept = getattr(model, "kept_categories", None)
+        if kept is not None:
+            same = [c for c, row in kept.items() if row is not None]
+            new = [c for c, row in kept.items() if row is None]
+            log.info("model.init=%s: class-head rows kept for %d categories whose names match the init's (%s); "
+                     "%d start fresh (%s)", path, len(same), ", ".join(same) or "none", len(new),
+                     ", ".join(new) or "none")
         return fresh
     own = model.state_dict()
     kept = {k: v for k, v in init["model"].items() if k in own and own[k].shape == v.shape}

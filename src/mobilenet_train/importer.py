@@ -9,6 +9,9 @@ Sources (recognised by content):
   TF.js layers model          model.json (or its directory), its weight shards beside it
   TF-Lite flatbuffer(s)       one .tflite, or the pieces of a split model in order
                               (mobilenet-import extractor.tflite head.tflite OUT.pt)
+  TF-Lite SSD detector        Google's COCO detect.tflite (a TFLite_Detection_PostProcess op):
+                              a task=detection checkpoint (detection/imported.py), its
+                              post-processing settings in detection.*, its anchors checked
 Overrides:
   keep_background=true        keep TF-slim's background logit (1001 classes, 'background' first)
   model.resolution=N          input side, where the file does not record it (Keras HDF5 weights
@@ -64,7 +67,21 @@ def read_source(paths: list[Path]):
         return read_tfjs(first)
     if kind == "hdf5":
         return read_hdf5(first)
+    if is_tflite_detector(first):
+        if len(paths) > 1:
+            raise UserError(f"{first} is a TF-Lite detector, which comes in one file: give it alone")
+        from .weights.tflite_detect import read_detect_tflite
+
+        return read_detect_tflite(first)
     return read_tflite(paths)
+
+
+def is_tflite_detector(path: Path) -> bool:
+    """A TF-Lite file with TF's detection post-processing op (Google's detect.tflite)."""
+    from .weights.tflite_detect import has_postprocess
+    from .weights.tflite_model import read_graph
+
+    return has_postprocess(read_graph(path)[0])
 
 
 def imagenet_classes(num_classes: int) -> list[str] | None:
@@ -124,6 +141,8 @@ def import_weights(sources: list[str], out: str, override_items: list[str] = ())
         raise UserError(f"the output {out_path} is one of the sources: give another file name")
 
     src = read_source(paths)
+    if not hasattr(src, "fc_weight"):  # a DetectorSource
+        return import_detector(src, out_path, keep_background, model_opts, config_overrides)
     if "resolution" in model_opts:
         resolution, resolution_from = model_opts["resolution"], "override"
     elif src.resolution:
@@ -157,6 +176,43 @@ def import_weights(sources: list[str], out: str, override_items: list[str] = ())
     }
     save_checkpoint(out_path, model_payload(model, args, config, classes, complexity, **{"import": record}))
     return {"out": str(out_path), "args": args, "complexity": complexity, "classes": classes, **record}
+
+
+
+def import_detector(src, out_path: Path, keep_background: bool, model_opts: dict, config_overrides: list[str]) -> dict:
+    """A TF-Lite SSD as a task=detection checkpoint: weights, COCO categories by id, post-processing settings."""
+    from omegaconf import OmegaConf
+
+    from .checkpoint import model_payload, save_checkpoint
+    from .config import compose, resolved
+    from .detection.imported import coco_categories, config_overrides_of, postprocess_record, to_detector
+    from .detection.model import DetArgs
+    from .detection.train import detector_complexity
+
+    if keep_background or model_opts:
+        given = ["keep_background=true"] * keep_background + [f"model.{k}" for k in model_opts]
+        raise UserError(f"{', '.join(given)}: a detector's model is read from {src.sources[0]} as it is; drop it")
+    if src.input.get("scale") is not None and (abs(src.input["scale"] - 1 / 128) > 1e-6 or
+                                               src.input["zero_point"] != 128):
+        raise UserError(f"{src.sources[0]}: the input quantization (scale {src.input['scale']}, zero point "
+                        f"{src.input['zero_point']}) is not (x - 128)/128 (data.normalization=uint8_128)")
+    model, args, anchor_check = to_detector(src)
+    categories = coco_categories(args.num_classes)
+    user_keys = {item.partition("=")[0].lstrip("+") for item in config_overrides}
+    overrides = [o for o in config_overrides_of(args) if o.partition("=")[0] not in user_keys] + config_overrides
+    config = resolved(compose(overrides))
+    if DetArgs.from_config(OmegaConf.create(config)) != args:
+        raise UserError(f"the overrides {' '.join(config_overrides)} change the detector the file describes: "
+                        f"drop the model- and detection-related ones")
+    complexity = detector_complexity(model, args.resolution)
+    record = {"format": "tflite-detect", "sources": [str(Path(s).resolve()) for s in src.sources],
+              "resolution_from": "input tensor", "postprocess": postprocess_record(src), "anchors": anchor_check,
+              "input": src.input, "score_fn": src.score_fn, **src.details}
+    classes, category_ids = categories if categories else (None, None)
+    save_checkpoint(out_path, model_payload(model, args, config, classes, complexity, category_ids=category_ids,
+                                            **{"import": record}))
+    return {"out": str(out_path), "args": args, "complexity": complexity, "classes": classes,
+            "category_ids": category_ids, "task": "detection", **record}
 
 
 if __name__ == "__main__":  # python -m mobilenet_train.importer: the same as mobilenet-import

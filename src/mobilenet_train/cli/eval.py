@@ -13,10 +13,16 @@ PROG = "mobilenet-eval"
 
 
 def _print_detection(r: dict) -> None:
-    print(f"checkpoint  {r['checkpoint']}{' (EMA weights)' if r['use_ema'] else ''}")
-    print(f"model       SSD {r['resolution']} ({r['head']} head) on MobileNet v1 {r['variant']} alpha={r['alpha']}: "
+    if "file" in r:
+        print(f"file        {r['file']}: {r['format']} {r['quantization']}, run by {r['runtime']}")
+    else:
+        print(f"checkpoint  {r['checkpoint']}{' (EMA weights)' if r['use_ema'] else ''}")
+    arch = ("Faster R-CNN" if r["model_args"].get("arch") == "faster_rcnn" else f"SSD {r['resolution']} "
+            f"({r['head']} head)")
+    print(f"model       {arch} on MobileNet v1 {r['variant']} alpha={r['alpha']} at {r['resolution']} px: "
           f"{r['params'] / 1e6:.2f}M params, {r['mult_adds'] / 1e9:.3f}B mult-adds")
-    print(f"data        {r['dataset']} {r['split']} ({r['num_images']} images, {r['num_detections']} detections)")
+    print(f"data        {r['dataset']} {r['split']} ({r['num_images']} images, {r['num_detections']} detections: "
+          f"{r['detections_per_image']:.1f} kept per image)")
     print(f"mAP         {r['map']:.2f}% (IoU .50:.95)   mAP@.5 {r['map_50']:.2f}%   mAP@.75 {r['map_75']:.2f}%")
     print(f"AP by size  small {r['map_small']:.2f}%   medium {r['map_medium']:.2f}%   large {r['map_large']:.2f}% "
           f"(-1: no objects of that size)")

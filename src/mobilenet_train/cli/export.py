@@ -29,12 +29,21 @@ def parse_options(items: list[str]) -> tuple[ExportOptions, list[str]]:
 
 def report(r: ExportResult) -> None:
     v = r.verification
+    if "detections_found" in v:  # Faster R-CNN: the whole detector, NMS inside
+        print(f"exported    Faster R-CNN detector, {r.format} {r.precision} for {RUNTIMES[r.format]}: {r.out} "
+              f"({r.size_bytes / 1e6:.2f} MB); outputs boxes, labels and scores after NMS (docs/deploy.md)")
+        print(f"checked     in its runtime on {r.inputs}: max score error {v['max_abs_score_error']:.2g}, "
+              f"{100 * v['detections_found']:.0f}% of PyTorch's detections found again (same label, IoU >= 0.9)")
+        return
     if "max_abs_box_error" in v:  # a detector: boxes and scores out, NMS as post-processing
         print(f"exported    SSD detector, {r.format} {r.precision} for {RUNTIMES[r.format]}: {r.out} "
               f"({r.size_bytes / 1e6:.2f} MB); outputs boxes and scores, NMS is post-processing (docs/deploy.md)")
         print(f"checked     in its runtime on {r.inputs}: max box error {v['max_abs_box_error']:.2g} px, max score "
               f"error {v['max_abs_score_error']:.2g}, top-10 detections agree on {100 * v['top10_labels_agree']:.0f}% "
-              f"of the images")
+              f"of the images" + (f"; {100 * v['confident_detections_found']:.0f}% of PyTorch's detections "
+                                  f"scored >= 0.5 found again" if "confident_detections_found" in v else ""))
+        if r.calibration:
+            print(f"calibrated  on {r.calibration}")
         return
     print(f"exported    {r.format} {r.precision} for {RUNTIMES[r.format]}, BN folded: "
           f"{r.out} ({r.size_bytes / 1e6:.2f} MB)")

@@ -12,7 +12,28 @@ from ..errors import UserError, fail
 PROG = "mobilenet-import"
 
 
+def _print_detector(r: dict) -> None:
+    a, p, anchors = r["args"], r["postprocess"], r["anchors"]
+    print(f"imported    TF-Lite SSD ({r['weight_dtype']} weights, dequantized): {', '.join(r['sources'])}")
+    print(f"model       SSD {a.resolution} on MobileNet v1 alpha={a.alpha}, {a.padding} padding, {a.activation}, BN "
+          f"folded: {r['complexity']['params'] / 1e6:.2f}M params, {r['complexity']['mult_adds'] / 1e9:.3f}B "
+          f"mult-adds")
+    names = "label k = COCO category id k" if r["category_ids"] else "no category names"
+    print(f"classes     {a.num_classes} + background ({names})")
+    print(f"anchors     {anchors['anchors']} equal TFAnchors (clip_anchors=false) within the file's "
+          f"{anchors['stored_as']} (max difference {anchors['max_abs_difference']:.2g}); TF's slot order "
+          f"{anchors['slot_order']} permuted")
+    print(f"postprocess {p['op']}: detection.score_fn={a.score_fn} nms_mode={a.nms_mode} "
+          f"score_thresh={a.score_thresh:g} nms_thresh={a.nms_thresh:g} detections_per_img={a.detections_per_img} "
+          f"box_scales={list(a.box_scales)}")
+    print("input       whole image to 300x300 (no aspect kept), data.normalization=uint8_128 ((x - 128)/128)")
+    print(f"written     {r['out']}")
+
+
 def _print(r: dict) -> None:
+    if r.get("task") == "detection":
+        _print_detector(r)
+        return
     a = r["args"]
     bn = "BN folded into conv biases" if a.norm == "none" else f"BN (eps {a.bn_eps:g})"
     print(f"imported    {r['format']}: {', '.join(r['sources'])}")

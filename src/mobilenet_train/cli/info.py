@@ -18,7 +18,8 @@ def main(argv: list[str] | None = None) -> None:
                     "the config composes to, or the 4x4 alpha x resolution grid of mult-adds and params.",
         epilog="examples: mobilenet-info; mobilenet-info model.alpha=0.75 model.resolution=160; "
                "mobilenet-info model=mobilenet_v1_conv --json; mobilenet-info --grid; "
-               "mobilenet-info task=detection +experiment=ssd_coco (SSD 300 against Table 13)",
+               "mobilenet-info task=detection +experiment=ssd_coco (SSD 300 against Table 13); "
+               "mobilenet-info +experiment=frcnn300_coco data.num_classes=90 (Faster R-CNN 300 against Table 13)",
     )
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides, as for mobilenet-train (model=..., model.alpha=..., +experiment=...)")
@@ -56,14 +57,15 @@ def _detection(overrides: list[str]):
 
 
 def _print_detector(args, as_json: bool) -> None:
-    from ..detection.info import describe_detector, format_detector
+    from ..detection.info import describe_detector, describe_frcnn, format_detector, format_frcnn
 
-    info = describe_detector(args)
+    frcnn = args.arch == "faster_rcnn"
+    info = (describe_frcnn if frcnn else describe_detector)(args)
     if as_json:
         json.dump(info, sys.stdout, indent=2)
         print()
     else:
-        print(format_detector(info))
+        print((format_frcnn if frcnn else format_detector)(info))
 
 
 if __name__ == "__main__":

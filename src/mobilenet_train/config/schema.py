@@ -125,8 +125,9 @@ class DataConfig:
                            "centre crop) | tf (central crop, resize to NxN: TF-slim) | keras (whole image to NxN)",
                            choices=EVAL_PRESETS)
     interpolation: str = key("bilinear", "resampling filter", choices=("bilinear", "bicubic"))
-    normalization: str = key("inception", "inception: x/127.5 - 1 (TF-slim) | imagenet: mean/std",
-                             choices=("inception", "imagenet"))
+    normalization: str = key("inception", "inception: x/127.5 - 1 (TF-slim) | imagenet: mean/std | uint8_128: "
+                             "(x - 128)/128 (the input quantization of Google's TF-Lite detector)",
+                             choices=("inception", "imagenet", "uint8_128"))
     format: str = key("folder", "folder (ImageFolder layout) | shards (mobilenet-data pack; see data=imagenet_shards)",
                       choices=("folder", "shards"))
     decode: str = key("cpu", "cpu: PIL in the loader workers | gpu: nvJPEG batch decode + augmentation on the GPU "
@@ -288,6 +289,11 @@ DETECTION_HEADS = ("ssd", "ssd3x3", "ssdlite")
 class DetectionConfig:
     """task=detection: SSD on the MobileNet v1 backbone (torchvision.models.detection.SSD)."""
 
+    arch: str = key("ssd", "ssd: SSD (torchvision's SSD; Table 13's SSD 300) | faster_rcnn: torchvision's "
+                    "FasterRCNN, features from block 11, blocks 12-13 per RoI (Table 13's Faster-RCNN rows)",
+                    choices=("ssd", "faster_rcnn"))
+    proposals: int = key(300, "faster_rcnn: RPN proposals kept after its NMS at test time (Table 13 counts 300)",
+                         ge=1, example=300)
     head: str = key("ssd", "ssd: 1x1 conv box predictors, TF ssd_mobilenet_v1 (the paper's Table 13) | ssd3x3: "
                     "torchvision's SSDHead (3x3 convs) | ssdlite: torchvision's SSDLiteHead (depthwise-separable "
                     "3x3) with depthwise-separable extra layers", choices=DETECTION_HEADS)
@@ -304,6 +310,16 @@ class DetectionConfig:
     detections_per_img: int = key(100, "detections kept per image after NMS (COCO scores the top 100)", ge=1,
                                   example=100)
     topk_candidates: int = key(400, "candidates per class kept before NMS", ge=1, example=400)
+    score_fn: str = key("softmax", "class logits to scores: softmax (torchvision's SSD, trained with softmax "
+                        "cross-entropy) | sigmoid (TF's SSD, trained with per-class sigmoid cross-entropy)",
+                        choices=("softmax", "sigmoid"))
+    nms_mode: str = key("per_class", "per_class: NMS within each class (torchvision) | best_class: each anchor's "
+                        "best class, one NMS over all (TF-Lite's TFLite_Detection_PostProcess)",
+                        choices=("per_class", "best_class"))
+    box_scales: list[float] = key(None, "box coder scales y, x, h, w (TF's names; torchvision's SSD: 10, 10, 5, 5)",
+                                  factory=lambda: [10.0, 10.0, 5.0, 5.0], length=4, gt=0,
+                                  example="[10,10,5,5]")
+    clip_anchors: bool = key(True, "clip the anchors to the image (torchvision's default; TF's SSD does not)")
     augment: str = key("ssd", "training augmentation: ssd (photometric distort, zoom out, IoU crop, flip: SSD's) | "
                        "flip (only data.hflip: short runs on the embedded set)", choices=("ssd", "flip"))
 

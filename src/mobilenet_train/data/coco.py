@@ -200,9 +200,11 @@ def collate_detection(samples: list) -> DetectionBatch:
 
 
 def build_detection_data(cfg, resolution: int, rank: int = 0, world_size: int = 1, pin_memory: bool = False,
-                         train: bool = True):
+                         train: bool = True, model_categories: tuple[list[str], list[int]] | None = None):
     """Train and val loaders of a detection run (`train=False`: only val, for mobilenet-eval); the val
-    dataset's pycocotools COCO object is what COCOeval scores against."""
+    dataset's pycocotools COCO object is what COCOeval scores against. `model_categories`: (names, COCO ids)
+    of a model that maps its labels by COCO id (an imported COCO detector): the dataset's categories must be
+    among them, by id and name, instead of numbering the same."""
     from .loaders import DataBundle, build_loader, per_process_batch
 
     data_cfg, root = cfg.data, resolve_det_root(cfg.data)
@@ -213,7 +215,10 @@ def build_detection_data(cfg, resolution: int, rank: int = 0, world_size: int = 
                             pin_memory, float(data_cfg.max_bad_share), collate_fn=collate_detection)
 
     val_set = CocoDetection(root, data_cfg.val_split, detection_transform(augment, resolution, hflip, False))
-    _check_categories(val_set, int(cfg.model.num_classes))
+    if model_categories:
+        check_category_ids(val_set, *model_categories)
+    else:
+        _check_categories(val_set, int(cfg.model.num_classes))
     val_loader = loader(val_set, max(1, int(data_cfg.eval_batch_size) // world_size), False)
     train_loader = None
     if train:
@@ -233,3 +238,14 @@ def _check_categories(dataset: CocoDetection, num_classes: int) -> None:
     if len(dataset.classes) != num_classes:
         raise UserError(f"{annotation_file(dataset.root, dataset.split)} has {len(dataset.classes)} categories but "
                         f"the model has {num_classes}: set data.num_classes={len(dataset.classes)}")
+
+
+def check_category_ids(dataset: CocoDetection, names: list[str], ids: list[int]) -> None:
+    """Every category of the dataset is one of the model's, same COCO id and same name."""
+    of_id = dict(zip(ids, names))
+    for cid, name in zip(dataset.cat_ids, dataset.classes):
+        if of_id.get(cid) != name:
+            has = f"'{of_id[cid]}'" if cid in of_id else "nothing"
+            raise UserError(f"{annotation_file(dataset.root, dataset.split)}: category id {cid} is '{name}', the "
+                            f"model has {has} there (it maps by COCO id): score it on COCO-numbered data, or "
+                            f"fine-tune it on yours (+experiment=ssd_finetune)")

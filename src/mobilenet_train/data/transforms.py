@@ -22,6 +22,8 @@ NORMALIZATION = {
     # TF-slim / Keras MobileNet: x / 127.5 - 1
     "inception": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    # Google's uint8 TF-Lite detector: scale 1/128, zero point 128
+    "uint8_128": ((128 / 255,) * 3, (128 / 255,) * 3),
 }
 INTERPOLATION = {"bilinear": v2.InterpolationMode.BILINEAR, "bicubic": v2.InterpolationMode.BICUBIC}
 PIL_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}

@@ -79,9 +79,9 @@ def export_with(ckpt_path: str, fmt: str, quantize: str | None, opts: ExportOpti
     if ckpt["model_args"].get("task") == "detection":
         from ..detection.export import export_detector
 
-        r = export_detector(Path(ckpt_path), ckpt, fmt, quantize, opts.out, opts.num_verify)
-        return ExportResult(out=r["out"], format=fmt, precision="fp32", verification=r["verification"],
-                            inputs=r["inputs"], size_bytes=r["size_bytes"])
+        r = export_detector(Path(ckpt_path), ckpt, fmt, quantize, opts.out, opts.num_verify, opts.num_calibration)
+        return ExportResult(out=r["out"], format=fmt, precision=r["precision"], verification=r["verification"],
+                            inputs=r["inputs"], calibration=r["calibration"], size_bytes=r["size_bytes"])
     data = data_config(ckpt, list(data_items)) if data_items else None
     return export(ckpt_path, fmt, quantize, out=opts.out, calibration=opts.calibration,
                   num_calibration=opts.num_calibration, eval_dir=opts.eval, num_verify=opts.num_verify,

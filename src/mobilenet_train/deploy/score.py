@@ -6,9 +6,9 @@ normalisation as for a checkpoint) and the runtime takes the place of the PyTorc
 numbers compare with a checkpoint's eval.json one to one. The preprocessing comes from the
 file's own metadata (mobilenet-export records it); a TF-Lite file without it (Google's releases)
 is read as mobilenet-import reads it: TF-slim's preprocessing, its input quantization from the
-file, the background logit dropped. The data side starts from the exporting checkpoint's data
-config when that file is still there (its data.root), else from the defaults, and takes the
-user's overrides as mobilenet-eval does.
+file, the background logit dropped; Google's TF-Lite detector is scored by score_detect.py. The
+data side starts from the exporting checkpoint's data config when that file is still there (its
+data.root), else from the defaults, and takes the user's overrides as mobilenet-eval does.
 """
 
 from __future__ import annotations
@@ -71,6 +71,13 @@ def _fmt(path: Path) -> str:
     if fmt in IDENTIFIERS and not head[4:].startswith(IDENTIFIERS[fmt]):
         raise UserError(f"{path} is not a readable {fmt} file (no {IDENTIFIERS[fmt].decode()} file identifier)")
     return fmt
+
+
+def _is_detector(path: Path) -> bool:
+    """Google's TF-Lite SSD (a TFLite_Detection_PostProcess op); a file mobilenet-export wrote is not one."""
+    from ..importer import is_tflite_detector
+
+    return is_tflite_detector(path)
 
 
 def describe(path: Path, fmt: str) -> dict:
@@ -149,6 +156,11 @@ def score_file(file: str, opts, rest: list[str]) -> dict:
     fmt = _fmt(path)
     if str(opts.device) not in ("auto", "cpu") or opts.amp != "none":
         raise UserError(f"an exported file runs in {RUNTIMES[fmt]} on the CPU: drop device= and amp=")
+    if fmt == "tflite" and _is_detector(path):
+        from ..importer import read_source
+        from .score_detect import score_tflite_detector
+
+        return score_tflite_detector(path, read_source([path]), opts, rest, _out_path(path, opts.out))
     info = describe(path, fmt)
     meta = info["meta"]
     cfg = file_config(meta, rest)

@@ -91,6 +91,33 @@ def runner(path: str | Path, threads: int = 0):
     return run
 
 
+def outputs_runner(path: str | Path, threads: int = 0):
+    """LiteRT on a file with several outputs (a detector's boxes and scores): NCHW float32 array -> the float
+    outputs in the file's order, each batched; an int8 file's input quantised and outputs dequantised."""
+    interpreter = Interpreter(model_path=str(path), num_threads=threads or os.cpu_count() or 1)
+    interpreter.allocate_tensors()
+    inp = interpreter.get_input_details()[0]
+    outs = sorted(interpreter.get_output_details(), key=lambda d: d["name"])  # output_0, output_1, ...
+    quantize = _input_quantizer(inp)
+
+    def value(out: dict) -> np.ndarray:
+        y = interpreter.get_tensor(out["index"])
+        if not np.issubdtype(out["dtype"], np.integer):
+            return y.copy()
+        scale, zero = out["quantization"]
+        return (y.astype(np.float32) - zero) * scale
+
+    def run(x):
+        per_image = []
+        for image in np.asarray(x, dtype=np.float32):
+            interpreter.set_tensor(inp["index"], quantize(image[None]))
+            interpreter.invoke()
+            per_image.append([value(out) for out in outs])
+        return [np.concatenate(parts) for parts in zip(*per_image)]
+
+    return run
+
+
 def _input_quantizer(inp: dict):
     """float image -> what the model's input takes (itself for a float model)."""
     if not np.issubdtype(inp["dtype"], np.integer):

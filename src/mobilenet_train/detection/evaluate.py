@@ -53,17 +53,20 @@ def coco_map(coco_gt, results: list[dict], image_ids: list[int]) -> dict:
 
 @torch.no_grad()
 def evaluate_detection(model: nn.Module, loader, prep, amp: torch.dtype | None = None, desc: str = "eval",
-                       progress: bool = False) -> dict:
-    """COCO metrics of `model` on the loader's split (a CocoDetection), plus num_images and images_per_sec."""
+                       progress: bool = False, category_ids: list[int] | None = None) -> dict:
+    """COCO metrics of `model` on the loader's split (a CocoDetection), plus num_images, detections kept per
+    image and images_per_sec. Label k is COCO category `category_ids[k - 1]` (default: the dataset's ids in
+    sorted order, as training numbers them); detections of categories the split lacks score nothing."""
     model.eval()
     dataset = loader.dataset
+    category_ids = category_ids or dataset.cat_ids
     resolution = int(model.args.resolution)
     results, image_ids = [], []
     start = time.perf_counter()
     for images, targets in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
         with torch.autocast(prep.device.type, dtype=amp, enabled=amp is not None):
             dets = model(prep(images))
-        results += coco_results(dets, targets, resolution, dataset.cat_ids)
+        results += coco_results(dets, targets, resolution, category_ids)
         image_ids += [int(t["image_id"]) for t in targets if t["image_id"] >= 0]
     elapsed = time.perf_counter() - start
     gathered = distributed.gather_objects((results, image_ids))
@@ -72,6 +75,7 @@ def evaluate_detection(model: nn.Module, loader, prep, amp: torch.dtype | None =
         all_results = [r for rs, _ in gathered for r in rs]
         all_ids = sorted({i for _, ids in gathered for i in ids})
         metrics = {**coco_map(dataset.coco, all_results, all_ids), "num_images": len(all_ids),
-                   "num_detections": len(all_results)}
+                   "num_detections": len(all_results),
+                   "detections_per_image": len(all_results) / max(1, len(all_ids))}
     metrics = distributed.broadcast_object(metrics)
     return {**metrics, "images_per_sec": metrics["num_images"] / max(elapsed, 1e-9)}

@@ -47,7 +47,7 @@ def compare_table13(info: dict) -> list[dict]:
     if (args["variant"], args["alpha"], args["resolution"], args["num_classes"]) != (
             m["variant"], m["alpha"], m["resolution"], m["num_classes"]):
         return []
-    row = next(r for r in ref["rows"] if r["model"] == "MobileNet")
+    row = next(r for r in ref["rows"] if r["model"] == "MobileNet" and r["framework"] == "SSD 300")
     out = []
     for quantity, ours, printed, unit in (("mult_adds", info["mult_adds"] / 1e9, row["mult_adds_b"], "B"),
                                           ("params", info["params_weights"] / 1e6, row["params_m"], "M")):
@@ -82,4 +82,91 @@ def format_detector(info: dict) -> str:
             what = "mult-adds" if e["quantity"] == "mult_adds" else "params (conv weights)"
             out.append(f"  Table 13 {e['model']}: {e['printed']}{e['unit']} {what}; measured "
                        f"{e['measured']:.3f}{e['unit']}: {verdict}")
+    return "\n".join(out)
+
+
+@torch.no_grad()
+def frcnn_counts(model, resolution: int) -> dict:
+    """Faster R-CNN's mult-adds of one resolution x resolution image, counted in three parts: the trunk (once),
+    the RPN head (once, on the trunk's map), and the RoI head (blocks 12-13 on one 14x14 crop, the pool and
+    the predictor) times `detection.proposals`, as Table 13 counts 300 proposals. The anchor decoding, NMS
+    and RoIAlign are not counted (no multiply-accumulates of a layer)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .frcnn import ROI_SIZE
+
+    was_training = model.training
+    model.eval()
+    try:
+        x = torch.zeros(1, 3, resolution, resolution)
+        with FlopCounterMode(display=False) as trunk:
+            features = model.backbone(x)
+        with FlopCounterMode(display=False) as rpn:
+            model.rpn.head([features])
+        crop = torch.zeros(1, features.shape[1], ROI_SIZE, ROI_SIZE)
+        with FlopCounterMode(display=False) as roi:
+            model.roi_heads.box_predictor(model.roi_heads.box_head(crop))
+    finally:
+        model.train(was_training)
+    parts = {"trunk": trunk.get_total_flops() // 2, "rpn": rpn.get_total_flops() // 2,
+             "per_roi": roi.get_total_flops() // 2}
+    proposals = int(model.args.proposals)
+    return {**parts, "proposals": proposals, "roi_heads": proposals * parts["per_roi"],
+            "mult_adds": parts["trunk"] + parts["rpn"] + proposals * parts["per_roi"]}
+
+
+def describe_frcnn(args: DetArgs) -> dict:
+    """`mobilenet-info task=detection detection.arch=faster_rcnn`: mult-adds and parameters (all, and conv and
+    fully connected weights, the paper's count) against Table 13's Faster-RCNN row of the same input size."""
+    from .frcnn import FasterRCNNMobileNetV1
+
+    model = FasterRCNNMobileNetV1(args)
+    counts = frcnn_counts(model, args.resolution)
+    weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear))
+    info = {"model": args.to_dict(), "params": count_params(model), "params_weights": weights, **counts,
+            "anchors_per_location": len(model.rpn.anchor_generator.sizes[0]) *
+            len(model.rpn.anchor_generator.aspect_ratios[0])}
+    info["paper"] = compare_frcnn(info)
+    return info
+
+
+def compare_frcnn(info: dict) -> list[dict]:
+    """Against Table 13's Faster-RCNN MobileNet row at this input size (300 or 600), alpha 1.0, 90 categories."""
+    args = info["model"]
+    ref = published.table13()
+    m = ref["model"]
+    row = next((r for r in ref["rows"] if r["framework"] == f"Faster-RCNN {args['resolution']}"
+                and r["model"] == "MobileNet"), None)
+    if row is None or (args["variant"], args["alpha"], args["num_classes"]) != (m["variant"], m["alpha"],
+                                                                                 m["num_classes"]):
+        return []
+    # Parameters both ways: the SSD row matches conv weights only; this row matches all parameters.
+    return [{"table": "13", "model": f"{row['framework']} {row['model']}", "quantity": quantity, "printed": printed,
+             "measured": ours, "unit": unit, "agreement": published.agreement(ours, printed)}
+            for quantity, ours, printed, unit in (
+                ("mult_adds", info["mult_adds"] / 1e9, row["mult_adds_b"], "B"),
+                ("params (all)", info["params"] / 1e6, row["params_m"], "M"),
+                ("params (conv and fc weights)", info["params_weights"] / 1e6, row["params_m"], "M"))]
+
+
+def format_frcnn(info: dict) -> str:
+    a = info["model"]
+    out = [f"Faster R-CNN {a['resolution']} on MobileNet v1 ({a['variant']}) alpha={a['alpha']}, "
+           f"{a['num_classes']} categories + background, {info['anchors_per_location']} anchors per location, "
+           f"{info['proposals']} proposals", ""]
+    out += [f"trunk (stem, blocks 1-11, once)       {info['trunk']:>16,}",
+            f"RPN head (once)                       {info['rpn']:>16,}",
+            f"RoI head (blocks 12-13 + predictor)   {info['per_roi']:>16,} per RoI x {info['proposals']} = "
+            f"{info['roi_heads']:,}",
+            f"Total: {info['mult_adds'] / 1e9:.3f}B mult-adds; {info['params'] / 1e6:.2f}M params "
+            f"({info['params_weights']:,} conv and fully connected weights, the paper's count)",
+            "Counted: conv and fully connected multiply-accumulates of one image; every proposal runs blocks 12-13 "
+            "on its 14x14 crop; anchors, NMS and RoIAlign not counted."]
+    if info["paper"]:
+        out += ["", "Against the paper, at its printed precision:"]
+        for e in info["paper"]:
+            verdict = {"rounds": "matches", "truncates": "matches (the paper truncates)", None: "DIFFERS"}[
+                e["agreement"]]
+            out.append(f"  Table 13 {e['model']}: {e['printed']}{e['unit']} {e['quantity'].replace('_', '-')}; "
+                       f"measured {e['measured']:.3f}{e['unit']}: {verdict}")
     return "\n".join(out)

@@ -7,7 +7,10 @@
     head       per feature map a class and a box predictor (detection.head)
 
 Anchors (DefaultBoxGenerator), the box coder, the matcher, hard-negative mining, the losses and
-the post-processing (score threshold, per-class NMS) are torchvision's `SSD`, not rewritten.
+the post-processing (score threshold, per-class NMS) are torchvision's `SSD`, not rewritten. TF's
+variants, for Google's imported detector (detection.score_fn=sigmoid, nms_mode=best_class,
+clip_anchors=false), replace only the per-anchor class loss and the candidate selection before
+torchvision.ops' NMS.
 Images come in normalised by the toolkit's DevicePreprocess, already resized to the model's
 resolution, so the SSD's own transform neither normalises nor resizes.
 """
@@ -22,13 +25,16 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.ssd import SSD, SSDHead, SSDScoringHead
 from torchvision.models.detection.ssdlite import SSDLiteHead
+from torchvision.ops import boxes as box_ops
 
 from ..errors import UserError
 from ..model import ConvBNAct, DepthwiseSeparable, MobileNetV1, ModelArgs
+from .frcnn import FasterRCNNMobileNetV1
 
 EXTRA_DEPTHS = (512, 256, 256, 128)
 # Anchors per feature map: TF ssd_mobilenet_v1's aspect ratios 1, 2, 1/2, 3, 1/3 and one more of ratio 1
@@ -59,6 +65,8 @@ class DetArgs(ModelArgs):
     categories, the background class comes on top. Stored in every detection checkpoint."""
 
     task: str = "detection"
+    arch: str = "ssd"
+    proposals: int = 300
     head: str = "ssd"
     min_ratio: float = 0.2
     max_ratio: float = 0.95
@@ -68,6 +76,14 @@ class DetArgs(ModelArgs):
     nms_thresh: float = 0.45
     detections_per_img: int = 100
     topk_candidates: int = 400
+    score_fn: str = "softmax"
+    nms_mode: str = "per_class"
+    box_scales: tuple = (10.0, 10.0, 5.0, 5.0)
+    clip_anchors: bool = True
+
+    def __post_init__(self):
+        # A config or a checkpoint gives a list: one hashable, comparable form.
+        object.__setattr__(self, "box_scales", tuple(float(v) for v in self.box_scales))
 
     @classmethod
     def from_config(cls, cfg) -> DetArgs:
@@ -83,7 +99,7 @@ class DetArgs(ModelArgs):
         super().validate()
         from ..config.schema import DetectionConfig, check
 
-        check(DetectionConfig, self.to_dict(), "detection.")
+        check(DetectionConfig, {**self.to_dict(), "box_scales": list(self.box_scales)}, "detection.")
         if self.min_ratio >= self.max_ratio:
             raise UserError(f"detection.min_ratio={self.min_ratio} must be below detection.max_ratio="
                             f"{self.max_ratio}, e.g. detection.min_ratio=0.2 detection.max_ratio=0.95")
@@ -179,14 +195,95 @@ class SSDMobileNetV1(SSD):
     def __init__(self, args: DetArgs):
         args.validate()
         features = MobileNetV1Features(args)
-        anchors = TFAnchors([list(r) for r in ASPECT_RATIOS], min_ratio=args.min_ratio, max_ratio=args.max_ratio)
+        anchors = TFAnchors([list(r) for r in ASPECT_RATIOS], min_ratio=args.min_ratio, max_ratio=args.max_ratio,
+                            clip=args.clip_anchors)
         head = build_head(args.head, features.out_channels, anchors.num_anchors_per_location(), args.num_classes + 1)
         super().__init__(features, anchors, (args.resolution, args.resolution), args.num_classes + 1,
                          image_mean=[0.0, 0.0, 0.0], image_std=[1.0, 1.0, 1.0], head=head,
                          score_thresh=args.score_thresh, nms_thresh=args.nms_thresh,
                          detections_per_img=args.detections_per_img, iou_thresh=args.iou_thresh,
                          topk_candidates=args.topk_candidates, positive_fraction=args.positive_fraction)
+        y, x, h, w = args.box_scales
+        self.box_coder = det_utils.BoxCoder(weights=(x, y, w, h))  # torchvision orders them x, y, w, h
         self.args = args
+
+    def class_scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """Class scores [..., 1 + categories] from the logits (detection.score_fn)."""
+        return torch.sigmoid(logits) if self.args.score_fn == "sigmoid" else F.softmax(logits, dim=-1)
+
+    def score_logits(self, scores: torch.Tensor) -> torch.Tensor:
+        """The inverse of `class_scores` (up to softmax's constant)."""
+        scores = scores.clamp(1e-12, 1 - 1e-7) if self.args.score_fn == "sigmoid" else scores.clamp_min(1e-12)
+        return torch.logit(scores) if self.args.score_fn == "sigmoid" else torch.log(scores)
+
+    def compute_loss(self, targets, head_outputs, anchors, matched_idxs):
+        """softmax: torchvision's SSD loss. sigmoid: TF's SSD loss, a sigmoid cross-entropy per category
+        (one-hot targets; a background anchor has none) in place of the softmax one; box loss and hard-negative
+        mining as torchvision's."""
+        if self.args.score_fn == "softmax":
+            return super().compute_loss(targets, head_outputs, anchors, matched_idxs)
+        cls_logits = head_outputs["cls_logits"]
+        box_loss, cls_targets, num_foreground = [], [], 0
+        for t, codes, anchor, matched in zip(targets, head_outputs["bbox_regression"], anchors, matched_idxs):
+            fg = torch.where(matched >= 0)[0]
+            num_foreground += fg.numel()
+            target_codes = self.box_coder.encode_single(t["boxes"][matched[fg]], anchor[fg])
+            box_loss.append(F.smooth_l1_loss(codes[fg], target_codes, reduction="sum"))
+            labels = torch.zeros(cls_logits.shape[1], dtype=torch.int64, device=cls_logits.device)
+            labels[fg] = t["labels"][matched[fg]]
+            cls_targets.append(labels)
+        cls_targets = torch.stack(cls_targets)
+        # The background is implicit (an anchor with no category), as TF trains its sigmoid SSD: the file's
+        # background column is near 0 everywhere and no score reads it.
+        one_hot = F.one_hot(cls_targets, cls_logits.shape[-1])[..., 1:].to(cls_logits.dtype)
+        cls_loss = F.binary_cross_entropy_with_logits(cls_logits[..., 1:], one_hot, reduction="none").sum(-1)
+        foreground = cls_targets > 0
+        num_negative = self.neg_to_pos_ratio * foreground.sum(1, keepdim=True)
+        negative_loss = cls_loss.detach().clone()
+        negative_loss[foreground] = -float("inf")
+        order = negative_loss.sort(1, descending=True)[1]
+        background = order.sort(1)[1] < num_negative
+        n = max(1, num_foreground)
+        return {"bbox_regression": torch.stack(box_loss).sum() / n,
+                "classification": (cls_loss[foreground].sum() + cls_loss[background].sum()) / n}
+
+    def postprocess_detections(self, head_outputs, image_anchors, image_shapes):
+        """torchvision's (softmax, per-class NMS), or detection.score_fn / nms_mode's variants: TF-Lite's
+        TFLite_Detection_PostProcess is sigmoid + best_class."""
+        a = self.args
+        if a.score_fn == "softmax" and a.nms_mode == "per_class":
+            return super().postprocess_detections(head_outputs, image_anchors, image_shapes)
+        scores_all = self.class_scores(head_outputs["cls_logits"])
+        dets = []
+        for codes, scores, anchors, shape in zip(head_outputs["bbox_regression"], scores_all, image_anchors,
+                                                 image_shapes):
+            boxes = box_ops.clip_boxes_to_image(self.box_coder.decode_single(codes, anchors), shape)
+            boxes, scores, labels = self._candidates(boxes, scores[:, 1:])
+            if a.nms_mode == "best_class":
+                keep = box_ops.nms(boxes, scores, a.nms_thresh)
+            else:
+                keep = box_ops.batched_nms(boxes, scores, labels, a.nms_thresh)
+            keep = keep[:a.detections_per_img]
+            dets.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
+        return dets
+
+    def _candidates(self, boxes: torch.Tensor, scores: torch.Tensor):
+        """(boxes, scores, labels) above the score threshold: best_class one per anchor (its best category),
+        per_class up to topk_candidates per category."""
+        a = self.args
+        if a.nms_mode == "best_class":
+            best, labels = scores.max(dim=1)
+            keep = torch.where(best > a.score_thresh)[0]
+            return boxes[keep], best[keep], labels[keep] + 1
+        out_boxes, out_scores, out_labels = [], [], []
+        for c in range(scores.shape[1]):
+            s = scores[:, c]
+            keep = torch.where(s > a.score_thresh)[0]
+            s, idx = s[keep].topk(min(a.topk_candidates, keep.numel()))
+            out_boxes.append(boxes[keep[idx]])
+            out_scores.append(s)
+            out_labels.append(torch.full_like(idx, c + 1))
+        return torch.cat(out_boxes), torch.cat(out_scores), torch.cat(out_labels)
 
     # The classifier's names, so fine-tuning's freezing (finetune.backbone) finds the backbone.
     @property
@@ -197,10 +294,12 @@ class SSDMobileNetV1(SSD):
     def blocks(self) -> nn.Module:
         return self.backbone.blocks
 
-    def init_from_checkpoint(self, init: dict, path: str) -> list[str]:
+    def init_from_checkpoint(self, init: dict, path: str, classes: list[str] | None = None) -> list[str]:
         """Load `init` (a checkpoint payload) into this detector: a classifier's stem and blocks become the
-        backbone, a detector's weights are taken where their shapes fit (another category count leaves the
-        class predictors new). Returns the names left as initialised; UserError when the backbone does not fit."""
+        backbone, a detector's weights are taken where their shapes fit. A detector's class predictors: where
+        both know their category names (`classes`: this detector's) and these differ, the rows of categories
+        whose names match (and the background's) are kept and the others stay new (`class_rows`); else kept
+        when the shapes fit. Returns the names left as initialised; UserError when the backbone does not fit."""
         own = self.state_dict()
         detector = init["model_args"].get("task") == "detection"
         prefix = "" if detector else "backbone."
@@ -213,24 +312,61 @@ class SSDMobileNetV1(SSD):
             raise UserError(f"model.init={path} does not fit the detector's backbone: no matching weights for "
                             f"{odd}, ...")
         kept = {k: v for k, v in mapped.items() if k in own and own[k].shape == v.shape}
+        self.kept_categories = None
+        if detector and classes and init.get("classes") and list(init["classes"]) != list(classes):
+            kept = {k: v for k, v in kept.items() if not k.startswith(CLASS_HEAD)}
+            rows, self.kept_categories = class_rows(mapped, own, list(init["classes"]), list(classes))
+            kept.update(rows)
         self.load_state_dict({**own, **kept})
         return [k for k in own if k not in kept]
 
 
-def build_detector(cfg) -> tuple[SSDMobileNetV1, DetArgs]:
-    """Build from the whole config (task=detection)."""
+CLASS_HEAD = "head.classification_head."
+
+
+def class_rows(init_state: dict, own: dict, init_classes: list[str], classes: list[str]) -> tuple[dict, dict]:
+    """The class predictors for `classes` from a detector trained on `init_classes`: per anchor, the background
+    row and the rows of categories of the same name (case aside) copied, the others as `own` has them (new).
+    Returns ({name: tensor}, {category: its row in the init, or None when new})."""
+    index = {name.lower(): i for i, name in enumerate(init_classes)}
+    source = {c: index.get(c.lower()) for c in classes}
+    new_width, old_width = len(classes) + 1, len(init_classes) + 1
+    pairs = [(0, 0)] + [(k + 1, source[c] + 1) for k, c in enumerate(classes) if source[c] is not None]
+    rows = {}
+    for name, value in own.items():
+        if not name.startswith(CLASS_HEAD) or name not in init_state:
+            continue
+        old = init_state[name]
+        anchors = value.shape[0] // new_width
+        if old.shape[0] != anchors * old_width or old.shape[1:] != value.shape[1:]:
+            continue  # another head layout: stays new
+        out = value.clone()
+        for a in range(anchors):
+            for new, prev in pairs:
+                out[a * new_width + new] = old[a * old_width + prev]
+        rows[name] = out
+    return rows, source
+
+
+def build_detector(cfg) -> tuple[nn.Module, DetArgs]:
+    """Build from the whole config (task=detection): SSD, or Faster R-CNN (detection.arch)."""
     args = DetArgs.from_config(cfg)
-    return SSDMobileNetV1(args), args
+    return detector_of(args), args
 
 
-def detector_from_args(stored: dict) -> tuple[SSDMobileNetV1, DetArgs]:
+def detector_from_args(stored: dict) -> tuple[nn.Module, DetArgs]:
     args = DetArgs(**stored)
-    return SSDMobileNetV1(args), args
+    return detector_of(args), args
+
+
+def detector_of(args: DetArgs) -> nn.Module:
+    return FasterRCNNMobileNetV1(args) if args.arch == "faster_rcnn" else SSDMobileNetV1(args)
 
 
 class DetectorOutputs(nn.Module):
     """The detector up to, not including, the score threshold and NMS: (boxes [B, A, 4] as x1, y1, x2, y2
-    in input pixels, clipped to the image; scores [B, A, classes + 1], softmax, background first) for every
+    in input pixels, clipped to the image; scores [B, A, classes + 1], softmax or sigmoid (detection.score_fn),
+    background first) for every
     anchor. What the ONNX export holds and what the complexity is counted on; `postprocess` finishes it
     as torchvision's SSD does."""
 
@@ -254,13 +390,13 @@ class DetectorOutputs(nn.Module):
         codes = out["bbox_regression"].reshape(-1, 4)
         boxes = d.box_coder.decode_single(codes, self.anchors.repeat(n, 1)).reshape(n, -1, 4)
         boxes = boxes.clamp(min=0.0, max=float(d.args.resolution))
-        return boxes, F.softmax(out["cls_logits"], dim=-1)
+        return boxes, d.class_scores(out["cls_logits"])
 
     def postprocess(self, boxes: torch.Tensor, scores: torch.Tensor) -> list[dict]:
         """Score threshold, top-k per class and per-class NMS (torchvision's SSD.postprocess_detections,
         the same code) on outputs of `forward`."""
         d = self.detector
-        logits = torch.log(scores.clamp_min(1e-12))  # its softmax gives the scores back
+        logits = d.score_logits(scores)  # its class_scores gives the scores back
         dets = []
         for b in range(boxes.shape[0]):
             anchors = [d.box_coder.encode_single(boxes[b], self.anchors)]

@@ -151,8 +151,10 @@ def _qat_model(cfg: DictConfig, model: nn.Module, weights: dict | None, init: di
 
 
 def build_parts(cfg: DictConfig, ctx: TrainContext, model: nn.Module, weights: dict | None, init: dict | None,
-                epoch: int, epochs: int, steps_per_epoch: int, distill=None, step: int = 0) -> TrainParts:
-    """The parts for training `model` from `weights` (a resumed run's), else from `init` (model.init).
+                epoch: int, epochs: int, steps_per_epoch: int, distill=None, step: int = 0,
+                classes: list[str] | None = None) -> TrainParts:
+    """The parts for training `model` from `weights` (a resumed run's), else from `init` (model.init;
+    `classes`: the data's, for a detector init's class rows).
 
     The weights go in before anything copies the model: the EMA starts from them. `distill`: the
     teacher and its loss (engine/distill.py), or None.
@@ -163,7 +165,7 @@ def build_parts(cfg: DictConfig, ctx: TrainContext, model: nn.Module, weights: d
     elif weights is not None:
         model.load_state_dict(weights)
     elif init is not None:
-        finetune.load_init_weights(model, init, cfg.model.init)
+        finetune.load_init_weights(model, init, cfg.model.init, classes)
     if tcfg.sync_bn and ctx.dist_info.enabled:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)

@@ -69,7 +69,7 @@ def _fit(cfg: DictConfig, run_dir: Path, stop: StopRequest) -> dict:
     distiller = build_distiller(cfg, data.classes, device, ctx.amp)  # a bad teacher stops here, before training
     state = resumed_state(ckpt, dist_info, ckpt_path)
     parts = build_parts(cfg, ctx, model, ckpt["model"] if ckpt else None, init, state.epoch, epochs, steps_per_epoch,
-                        distill=distiller, step=state.step)
+                        distill=distiller, step=state.step, classes=data.classes)
     epoch_totals = restore(ckpt, parts, state, dist_info)
     logger = RunLogger(run_dir, cfg, dist_info.is_main, ctx.progress, state.epoch if ckpt is not None else None)
     _announce(cfg, ctx, args, complexity, data, steps_per_epoch)

@@ -151,27 +151,45 @@ def _read_ops(path: Path, model, graph, tensor) -> list[Op]:
         code = model.OperatorCodes(op.OpcodeIndex())
         # Schema v3a moved builtin codes above 127 to BuiltinCode; older files fill only the deprecated byte.
         name = OP_NAMES.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "CUSTOM")
+        options = _options(op, name)
+        if name == "CUSTOM" and code.CustomCode():  # e.g. TFLite_Detection_PostProcess: options in a flexbuffer
+            name = code.CustomCode().decode(errors="replace")
+            options = _custom_options(op)
         ops.append(Op(name, str(path), [tensor(int(j)) for j in op.InputsAsNumpy()],
-                      [tensor(int(j)) for j in op.OutputsAsNumpy()], _options(op, name)))
+                      [tensor(int(j)) for j in op.OutputsAsNumpy()], options))
     return ops
 
 
-def _walk_piece(path: Path, buf: bytes) -> tuple[list[Op], Tensor, Tensor]:
+def _custom_options(op) -> dict:
+    from flatbuffers import flexbuffers
+
+    if not op.CustomOptionsLength():
+        return {}
+    loaded = flexbuffers.Loads(op.CustomOptionsAsNumpy().tobytes())
+    return dict(loaded) if isinstance(loaded, dict) else {}
+
+
+def _walk_graph(path: Path, buf: bytes) -> tuple[list[Op], list[Tensor], list[Tensor]]:
     model = tflite.Model.GetRootAs(buf, 0)
     if model.SubgraphsLength() != 1:
         raise UserError(f"{path} has {model.SubgraphsLength()} subgraphs; a MobileNet v1 has one")
     graph = model.Subgraphs(0)
     tensor = partial(_read_tensor, path, buf, model, graph)
     ops = _read_ops(path, model, graph, tensor)
-    inputs, outputs = graph.InputsAsNumpy(), graph.OutputsAsNumpy()
-    if len(inputs) != 1 or len(outputs) != 1 or not ops:
-        raise UserError(f"{path} has {len(inputs)} inputs, {len(outputs)} outputs and {len(ops)} ops; "
-                        f"a MobileNet v1 (or a piece of one) has one input and one output")
-    return ops, tensor(int(inputs[0])), tensor(int(outputs[0]))
+    return ops, [tensor(int(i)) for i in graph.InputsAsNumpy()], [tensor(int(i)) for i in graph.OutputsAsNumpy()]
 
 
 def _read_piece(path: Path) -> tuple[list[Op], Tensor, Tensor]:
     """The ops of one .tflite file in execution order, its input and its output tensor."""
+    ops, inputs, outputs = read_graph(path)
+    if len(inputs) != 1 or len(outputs) != 1 or not ops:
+        raise UserError(f"{path} has {len(inputs)} inputs, {len(outputs)} outputs and {len(ops)} ops; "
+                        f"a MobileNet v1 (or a piece of one) has one input and one output")
+    return ops, inputs[0], outputs[0]
+
+
+def read_graph(path: Path) -> tuple[list[Op], list[Tensor], list[Tensor]]:
+    """The ops of a one-graph .tflite file in execution order, its input and its output tensors."""
     try:
         buf = path.read_bytes()
     except OSError as e:
@@ -179,7 +197,7 @@ def _read_piece(path: Path) -> tuple[list[Op], Tensor, Tensor]:
     if len(buf) < 8 or buf[4:8] != b"TFL3":
         raise UserError(f"{path} is not a TF-Lite flatbuffer (no 'TFL3' identifier)")
     try:
-        return _walk_piece(path, buf)
+        return _walk_graph(path, buf)
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001 - a damaged flatbuffer fails in many ways while it is walked
@@ -254,31 +272,47 @@ def _conv_problem(op: Op, i: int, depthwise: bool) -> str | None:
         return f"stride {o.get('stride')} where MobileNet v1 has {STRIDES[i]}"
     if o.get("padding") != "SAME":
         return f"{o.get('padding')} padding where MobileNet v1 (TF-slim) has SAME"
-    if o.get("activation") != "RELU6":
+    if not is_relu6(op):
         return f"activation {o.get('activation')} where MobileNet v1 (TF-slim) has RELU6"
     if depthwise and o.get("depth_multiplier", 1) != 1:
         return f"depth multiplier {o['depth_multiplier']} where MobileNet v1 has 1"
     return None
 
 
-def _conv_weights(body: list[Op]) -> list[ConvWeights]:
+def is_relu6(op: Op) -> bool:
+    """A fused ReLU6, or (quantized files) none fused but an output quantized to exactly [0, 6], which clips
+    the same way."""
+    if op.options.get("activation") == "RELU6":
+        return True
+    out = op.outputs[0]
+    if op.options.get("activation") not in (None, "NONE") or out.scale is None or out.scale.size != 1:
+        return False
+    low = float(-out.zero_point[0] * out.scale[0])
+    high = float((np.iinfo(out.dtype).max - np.iinfo(out.dtype).min - out.zero_point[0]) * out.scale[0])
+    return abs(low) < 1e-6 and abs(high - 6.0) < 0.01
+
+
+def conv_params(op: Op, what: str) -> ConvWeights:
+    """A conv op's float weight (OIHW; depthwise (C, 1, H, W)) and bias; `what` names it in messages."""
+    weight_t, bias_t = op.inputs[1], op.inputs[2] if len(op.inputs) > 2 else None
+    if weight_t is None or weight_t.data is None or bias_t is None or bias_t.data is None:
+        raise UserError(f"{op.source}: {what} has no constant weights and bias: not a frozen TF model")
+    weight = weight_t.values()
+    if weight.ndim != 4:
+        raise UserError(f"{op.source}: {what} weights have shape {weight.shape}, expected 4-d")
+    # OHWI -> OIHW; depthwise 1HWC -> (C, 1, H, W).
+    weight = weight.transpose(3, 0, 1, 2) if op.name == "DEPTHWISE_CONV_2D" else weight.transpose(0, 3, 1, 2)
+    return ConvWeights(weight_t.name.split(";")[0], weight, bias=bias_t.values(_bias_scale(op)))
+
+
+def body_weights(body: list[Op]) -> list[ConvWeights]:
     """The body's float weights (OIHW) and biases, after checking each conv against MobileNet v1."""
     convs = []
     for i, op in enumerate(body):
-        depthwise = i % 2 == 1
-        problem = _conv_problem(op, i, depthwise)
+        problem = _conv_problem(op, i, i % 2 == 1)
         if problem:
             raise UserError(f"{op.source}: conv {i} of 27 ({op.outputs[0].name}) has {problem}")
-        weight_t, bias_t = op.inputs[1], op.inputs[2] if len(op.inputs) > 2 else None
-        if weight_t is None or weight_t.data is None or bias_t is None or bias_t.data is None:
-            raise UserError(f"{op.source}: conv {i} has no constant weights and bias: not a frozen TF-slim model")
-        weight = weight_t.values()
-        if weight.ndim != 4:
-            raise UserError(f"{op.source}: conv {i} weights have shape {weight.shape}, expected 4-d")
-        # OHWI -> OIHW; depthwise 1HWC -> (C, 1, H, W).
-        weight = weight.transpose(3, 0, 1, 2) if depthwise else weight.transpose(0, 3, 1, 2)
-        bias = bias_t.values(_bias_scale(op))
-        convs.append(ConvWeights(weight_t.name.split(";")[0], weight, bias=bias))
+        convs.append(conv_params(op, f"conv {i}"))
     return convs
 
 
@@ -291,32 +325,32 @@ def _classifier_weights(head: Op) -> tuple[np.ndarray, np.ndarray]:
     return fc_weight, head.inputs[2].values(_bias_scale(head))
 
 
-def _input_info(first_input: Tensor, path: Path) -> dict:
+def input_info(first_input: Tensor, path: Path) -> dict:
     """The model input's shape, dtype and quantization, checked against TF-slim's preprocessing."""
     shape = first_input.shape
     if len(shape) != 4 or shape[3] != 3 or shape[1] != shape[2]:
         raise UserError(f"{path}: the input has shape {shape}, expected square RGB images (1, N, N, 3)")
-    input_info = {"shape": list(shape), "dtype": np.dtype(first_input.dtype).name}
+    info = {"shape": list(shape), "dtype": np.dtype(first_input.dtype).name}
     if first_input.scale is not None:
         scale, zero_point = float(first_input.scale[0]), int(first_input.zero_point[0])
-        input_info.update(scale=scale, zero_point=zero_point)
+        info.update(scale=scale, zero_point=zero_point)
         # TF-slim's quantized input is (x - 128) / 128, within 0.4% of the float models' x / 127.5 - 1.
         if abs(scale * 127.5 - 1) > 0.01 or abs(zero_point - 127.5) > 1:
             raise UserError(f"{path}: the input quantization (scale {scale}, zero point {zero_point}) is not "
                             f"TF-slim's x / 127.5 - 1 (scale 1/128, zero point 128)")
-    return input_info
+    return info
 
 
 def read_tflite(paths: list[Path]) -> SourceWeights:
     ops, first_input = _read_pieces(paths)
     source = ", ".join(str(p) for p in paths)
     body, classifier = _split_at_pool(ops, source)
-    convs = _conv_weights(body)
+    convs = body_weights(body)
     fc_weight, fc_bias = _classifier_weights(classifier[0])
-    input_info = _input_info(first_input, paths[0])
+    input_details = input_info(first_input, paths[0])
     weight_types = sorted({np.dtype(op.inputs[1].dtype).name for op in body + classifier})
     details = {"resolution_from": "input tensor", "pieces": len(paths), "weight_dtype": "/".join(weight_types),
-               "dequantized": any(t != "float32" for t in weight_types), "input": input_info,
+               "dequantized": any(t != "float32" for t in weight_types), "input": input_details,
                "ops": dict(Counter(op.name for op in ops))}
     return SourceWeights(format="tflite", sources=[str(p) for p in paths], convs=convs, fc_weight=fc_weight,
                          fc_bias=fc_bias, resolution=int(first_input.shape[1]), eval_preset="tf", bn_eps=None,
