@@ -137,14 +137,14 @@ def read_config(path: Path | None) -> dict | None:
 
 def _check_keys(state: dict, source: str) -> None:
     """The keys are timm's MobileNet v1's, or one line says what the file holds instead."""
-    if HEAD_CONV in state:
-        raise UserError(f"{source} is timm's mobilenetv1_100h (a 1x1 conv_head before the pool), which this "
-                        f"toolkit's MobileNet v1 does not have: import mobilenetv1_100 or mobilenetv1_125 instead")
     expected = {f"{conv}.weight" for conv, _ in TIMM_LAYERS} | {f"{bn}.{p}" for _, bn in TIMM_LAYERS for p in BN_PARTS}
     expected |= {f"{CLASSIFIER}.weight", f"{CLASSIFIER}.bias"}
     held = {k for k in state if not k.endswith("num_batches_tracked")}
     if held == expected:
         return
+    if held == expected | {HEAD_CONV, *(f"bn2.{p}" for p in BN_PARTS)}:
+        raise UserError(f"{source} is timm's mobilenetv1_100h (a 1x1 conv_head before the pool), which this "
+                        f"toolkit's MobileNet v1 does not have: import mobilenetv1_100 or mobilenetv1_125 instead")
     stages = {}
     for key in held:
         parts = key.split(".")
