@@ -16,6 +16,7 @@ import pytest
 import torch
 from helpers import (
     SAMPLES,
+    TINY_DET,
     assert_one_line_error,
     fit_in_process,
     random_timm_model,
@@ -31,6 +32,8 @@ from mobilenet_train.deploy.inputs import image_files, load_images, spread
 ARCHS = ("mobilenetv1_100", "mobilenetv1_125")
 # Per architecture: alpha, and the eval its ra4 pretrained cfg gives (test size 256; test crop, bicubic, inception).
 EXPECTED = {"mobilenetv1_100": (1.0, 0.95), "mobilenetv1_125": (1.25, 1.0)}
+# The tiny runs with fewer images still: alpha 1.0 is 16 times the quickstart's alpha 0.25.
+FEW_IMAGES = ["data.generate.train_per_class=8", "data.generate.val_per_class=4"]
 
 
 def _sample_paths(n: int) -> list:
@@ -164,7 +167,7 @@ def timm_file(tmp_path_factory):
 def test_finetuning_starts_from_the_safetensors_file(timm_file, tmp_path):
     """model.init=model.safetensors: a frozen backbone keeps timm's weights exactly; the classifier is new."""
     src, _ = timm_file
-    fit_in_process(tmp_path / "run", f"model.init={src}", "trainer.freeze_backbone_epochs=1")
+    fit_in_process(tmp_path / "run", f"model.init={src}", "trainer.freeze_backbone_epochs=1", *FEW_IMAGES)
     ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     from safetensors.torch import load_file
 
@@ -176,11 +179,12 @@ def test_finetuning_starts_from_the_safetensors_file(timm_file, tmp_path):
 
 
 def test_an_import_is_the_ssd_backbone(timm_file, tmp_path):
-    from helpers import TINY_DET
+    from mobilenet_train.config import compose
+    from mobilenet_train.engine import fit
 
     _, imported = timm_file
-    fit_in_process(tmp_path / "det", *TINY_DET, f"model.init={imported}", "trainer.epochs=1", "optim.lr=1e-9",
-                   "sched.warmup_epochs=0")
+    fit(compose([*TINY_DET, f"model.init={imported}", "optim.lr=1e-9", "sched.warmup_epochs=0",
+                 "data.shapes_det.train_images=8", "data.shapes_det.val_images=4"], hydra=False), tmp_path / "det")
     ckpt = load_checkpoint(tmp_path / "det" / "checkpoints" / "last.pt")
     init = load_checkpoint(imported)
     assert ckpt["model_args"]["task"] == "detection" and ckpt["model_args"]["activation"] == "relu6"
@@ -193,11 +197,14 @@ def test_qat_from_an_import_exports_int8_tflite_that_passes_its_check(timm_file,
     from mobilenet_train.deploy.export import export
     from mobilenet_train.finetune import init_input
 
+    # The path to a phone: import, fine-tune on the task's classes, QAT distilled from the fine-tuned model, int8.
     _, imported = timm_file
-    same_input = [f"{k}={v}" for k, v in init_input(load_checkpoint(imported)).items()]
+    fit_in_process(tmp_path / "float", f"model.init={imported}", *FEW_IMAGES)
+    tuned = tmp_path / "float" / "checkpoints" / "best.pt"
+    same_input = [f"{k}={v}" for k, v in init_input(load_checkpoint(tuned)).items()]
     fit_in_process(tmp_path / "qat", "qat.enabled=true", "qat.target=tflite", "qat.freeze_bn_steps=2",
-                   "qat.freeze_observer_steps=4", f"model.init={imported}", f"distill.teacher={imported}",
-                   "distill.alpha=1.0", *same_input)
+                   "qat.freeze_observer_steps=4", f"model.init={tuned}", f"distill.teacher={tuned}",
+                   "distill.alpha=1.0", *FEW_IMAGES, *same_input)
     r = export(str(tmp_path / "qat" / "checkpoints" / "last.pt"), "tflite", out=str(tmp_path / "m.tflite"))
     assert r.precision == "int8" and (tmp_path / "m.tflite").is_file()
     assert r.verification["top1_agreement"] >= 0.75
