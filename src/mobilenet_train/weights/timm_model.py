@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -109,9 +110,10 @@ def _read_torch(path: Path, name: str):
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{name} is a pickle that needs code to load, which weights_only=True refuses ({first[:120]}"
-                        f"): save the state dict alone, e.g. as model.safetensors") from None
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        holds = f" (it holds a {found.group(1)})" if found else ""
+        raise UserError(f"{name} is a pickle that needs code to load, which weights_only=True refuses{holds}: "
+                        f"save the state dict alone, e.g. as model.safetensors") from None
     except Exception as e:  # noqa: BLE001 - truncated zips and garbage raise many different types
         raise UserError(f"{name} is neither a safetensors file nor a readable torch file (truncated or corrupt: "
                         f"{type(e).__name__})") from None
