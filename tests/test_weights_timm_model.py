@@ -65,6 +65,8 @@ def test_the_import_gives_timms_logits_on_real_images(name, tmp_path):
     with torch.no_grad():
         want, got = model(x), ours.eval()(x)
     assert want.argmax(1).unique().numel() >= 3  # the random model tells the photos apart
+    print(f"{name}: max abs logit error {float((got - want).abs().max()):.3g}, max |logit| "
+          f"{float(want.abs().max()):.3g}")
     assert (got - want).abs().max() <= 1e-5 * want.abs().max()
 
 
@@ -249,7 +251,8 @@ def _relabelled(model, val, out):
 def test_mobilenet_eval_of_the_import_equals_timms_validate(name, tmp_path):
     val = shared_or_skip("data", "imagenette-mini", "val")
     validate = shared_or_skip("peers", "timm", "validate.py")
-    model = random_timm_model(name, timm_batch(spread(image_files(val), 64)), num_classes=10)
+    # timm's own BN statistics: a random network whose predictions pixel-level differences do not flip.
+    model = random_timm_model(name, timm_batch(spread(image_files(val), 64)), num_classes=10, measured_bn=False)
     folder = _relabelled(model, val, tmp_path / "relabelled" / "val")
     src = save_safetensors(model, tmp_path / "model.safetensors")
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
