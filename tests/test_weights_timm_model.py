@@ -268,4 +268,7 @@ def test_mobilenet_eval_of_the_import_equals_timms_validate(name, tmp_path):
     ours = json.loads((tmp_path / "ours.json").read_text())
     print(f"{name}: validate.py top-1 {timm_top1:.2f}, mobilenet-eval top-1 {ours['top1']:.2f}")
     assert timm_top1 >= 99.9  # timm's pipeline predicts what it predicted: the relabelling is timm's own
-    assert abs(ours["top1"] - timm_top1) <= 0.1
+    # Any real difference of preprocessing (size, crop, filter, normalization) moves tens of points here. The
+    # two pipelines' pixels differ by one level in a few pixels (a box resampled vs resize-then-crop), which
+    # flips a random model's near-ties: 2 of 1000 images measured (docs/benchmarks.md).
+    assert abs(ours["top1"] - timm_top1) <= 0.3
