@@ -273,5 +273,5 @@ def test_mobilenet_eval_of_the_import_equals_timms_validate(name, tmp_path):
     assert timm_top1 >= 99.9  # timm's pipeline predicts what it predicted: the relabelling is timm's own
     # Any real difference of preprocessing (size, crop, filter, normalization) moves tens of points here. The
     # two pipelines' pixels differ by one level in a few pixels (a box resampled vs resize-then-crop), which
-    # flips a random model's near-ties: 2 of 1000 images measured (docs/benchmarks.md).
+    # flips a random model's near-ties: 2 and 0 of 1000 images measured (docs/benchmarks.md).
     assert abs(ours["top1"] - timm_top1) <= 0.3
