@@ -457,3 +457,46 @@ def coco_json(path: Path, images: list[tuple[int, int, int]], anns: list[dict], 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(__import__("json").dumps(data))
     return path
+
+
+# ----------------------------------------------------------------------------- timm's MobileNet v1 files
+
+
+def timm_batch(paths, size: int = 224) -> torch.Tensor:
+    """Images squashed to size x size, as x / 127.5 - 1 (timm's MobileNet v1 normalization): BN calibration."""
+    arrays = [np.asarray(Image.open(p).convert("RGB").resize((size, size), Image.Resampling.BILINEAR)) for p in paths]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def random_timm_model(name: str, images: torch.Tensor, num_classes: int = 1000, seed: int = 0,
+                      measured_bn: bool = True):
+    """timm.create_model(name, pretrained=False) with random weights and the classifier centred on `images`' mean
+    features, so predictions differ between images. `measured_bn`: BN's scale and shift drawn at random and its
+    statistics measured on `images`, so every tensor of the state dict shows in the logits (but the network
+    turns chaotic: pixel-level input changes flip predictions); else timm's own BN (statistics 0 and 1), a
+    network whose predictions are stable under such changes."""
+    import timm
+
+    torch.manual_seed(seed)
+    model = timm.create_model(name, pretrained=False, num_classes=num_classes)
+    if measured_bn:
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.data.uniform_(0.5, 1.5)
+                m.bias.data.uniform_(-0.5, 0.5)
+                m.momentum = None  # a cumulative average over the batch below
+        model.train()
+        with torch.no_grad():
+            model(images)
+    model.eval()
+    with torch.no_grad():
+        features = model.forward_head(model.forward_features(images), pre_logits=True)
+        model.classifier.bias.copy_(-model.classifier.weight @ features.mean(0))
+    return model
+
+
+def save_safetensors(model, path: Path) -> Path:
+    from safetensors.torch import save_file
+
+    save_file(model.state_dict(), str(path))
+    return path

@@ -4,18 +4,18 @@ written by `mobilenet-import`, and optionally freeze the backbone for the first 
 
 The network's architecture comes from the init checkpoint, so `model.init=imported.pt`
 alone rebuilds the imported model; the classifier is replaced when the class count differs.
+timm's weights as safetensors (a file or a Hub folder) are imported in memory on the way.
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from .checkpoint import load_checkpoint
 from .errors import UserError
+from .importer import load_weights
 
 log = logging.getLogger("mobilenet_train")
 
@@ -36,7 +36,7 @@ def load_init(cfg: DictConfig) -> dict | None:
     path = cfg.model.get("init")
     if not path:
         return None
-    init = load_checkpoint(Path(str(path)).expanduser())
+    init = load_weights(path, "model.init")
     if (init["config"].get("qat") or {}).get("enabled"):
         raise UserError(f"model.init={path} is a QAT checkpoint (a fake-quantized graph): start from a float "
                         f"checkpoint (resume a QAT run with trainer.resume=PATH; export it with mobilenet-export)")

@@ -12,11 +12,14 @@ Sources (recognised by content):
   TF-Lite SSD detector        Google's COCO detect.tflite (a TFLite_Detection_PostProcess op):
                               a task=detection checkpoint (detection/imported.py), its
                               post-processing settings in detection.*, its anchors checked
+  timm state dict             mobilenetv1_100 / mobilenetv1_125: model.safetensors, pytorch_model.bin
+                              (weights_only=True), or their Hub folder with config.json
 Overrides:
   keep_background=true        keep TF-slim's background logit (1001 classes, 'background' first)
   model.resolution=N          input side, where the file does not record it (Keras HDF5 weights
                               outside the keras.applications file names; default 224)
-  model.padding=symmetric     pad symmetrically instead of TensorFlow's SAME (to measure the cost)
+  model.padding=symmetric     pad symmetrically instead of TensorFlow's SAME (to measure the cost; timm's
+                              weights are symmetric already)
   model.dropout, model.bn_momentum   used when fine-tuning
   any other config key        stored in the checkpoint's config, e.g. data.root=/datasets/imagenet,
                               data.eval_preset=default
@@ -35,38 +38,56 @@ HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 # Model settings the user may choose; the rest describe the weights and are read from the file.
 FREE_MODEL_KEYS = ("resolution", "padding", "dropout", "bn_momentum")
 DEFAULT_RESOLUTION = 224  # keras.applications' default input size
+TORCH_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
+
+
+KIND_NAMES = {"tfjs": "a TF.js model", "hdf5": "Keras HDF5", "timm": "a timm state dict"}
+
+
+def source_kind(first: Path) -> str:
+    """tfjs | hdf5 | tflite | timm, from the path and the file's first bytes."""
+    from .weights.timm_model import WEIGHT_FILES, is_safetensors
+
+    if first.is_dir():
+        return "timm" if any((first / name).is_file() for name in WEIGHT_FILES) else "tfjs"
+    if first.suffix == ".json":
+        return "tfjs"
+    try:
+        with open(first, "rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        raise UserError(f"cannot read {first}: {e.strerror or e}") from None
+    if head == HDF5_SIGNATURE:
+        return "hdf5"
+    if head[4:8] == b"TFL3":
+        return "tflite"
+    # safetensors, a torch zip, or a legacy torch pickle (protocol 2+)
+    if first.suffix in TORCH_SUFFIXES or is_safetensors(first) or head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+        return "timm"
+    raise UserError(f"{first} is neither Keras HDF5 weights, a TF.js model.json, a TF-Lite flatbuffer nor a timm "
+                    f"state dict (.safetensors, pytorch_model.bin)")
 
 
 def read_source(paths: list[Path]):
     """Recognise the format of `paths` and read them into `SourceWeights`."""
     from .weights.keras import read_hdf5, read_tfjs
     from .weights.tflite_model import read_tflite
+    from .weights.timm_model import read_timm
 
     for path in paths:
         if not path.exists():
             raise UserError(f"{path} does not exist")
     first = paths[0]
-    if first.is_dir() or first.suffix == ".json":
-        kind = "tfjs"
-    else:
-        try:
-            with open(first, "rb") as f:
-                head = f.read(8)
-        except OSError as e:
-            raise UserError(f"cannot read {first}: {e.strerror or e}") from None
-        if head == HDF5_SIGNATURE:
-            kind = "hdf5"
-        elif head[4:8] == b"TFL3":
-            kind = "tflite"
-        else:
-            raise UserError(f"{first} is neither Keras HDF5 weights, a TF.js model.json nor a TF-Lite flatbuffer")
+    kind = source_kind(first)
     if kind != "tflite" and len(paths) > 1:
-        raise UserError(f"several sources given, but {first} is {'a TF.js model' if kind == 'tfjs' else 'Keras HDF5'}: "
+        raise UserError(f"several sources given, but {first} is {KIND_NAMES[kind]}: "
                         f"only a TF-Lite model split into pieces takes several files")
     if kind == "tfjs":
         return read_tfjs(first)
     if kind == "hdf5":
         return read_hdf5(first)
+    if kind == "timm":
+        return read_timm(first)
     if is_tflite_detector(first):
         if len(paths) > 1:
             raise UserError(f"{first} is a TF-Lite detector, which comes in one file: give it alone")
@@ -124,13 +145,32 @@ def _split_overrides(items: list[str]) -> tuple[bool, dict, list[str]]:
     return opts.keep_background, model_opts, config_overrides
 
 
+def build_import(paths: list[Path], model_opts: dict, keep_background: bool, src=None):
+    """Read `paths` (unless already read as `src`) into the toolkit's classifier: (source, model, args, data.*
+    settings, resolution_from, info)."""
+    from .model import ModelArgs
+    from .weights import to_model
+
+    src = src if src is not None else read_source(paths)
+    if "resolution" in model_opts:
+        resolution, resolution_from = model_opts["resolution"], "override"
+    elif src.resolution:
+        resolution, resolution_from = src.resolution, src.details.get("resolution_from", "file")
+    else:
+        resolution, resolution_from = DEFAULT_RESOLUTION, "default (the file does not record it)"
+    model, args, info = to_model(src, resolution, padding=model_opts.get("padding"),
+                                 keep_background=keep_background, dropout=model_opts.get("dropout", 0.0),
+                                 bn_momentum=model_opts.get("bn_momentum", ModelArgs.bn_momentum))
+    data = {"num_classes": args.num_classes, "eval_preset": src.eval_preset, **src.eval_data}
+    return src, model, args, data, resolution_from, info
+
+
 def import_weights(sources: list[str], out: str, override_items: list[str] = ()) -> dict:
     """Read `sources`, write the checkpoint `out` atomically; returns a summary."""
     from .checkpoint import model_payload, save_checkpoint
     from .complexity import measure_complexity
     from .config import compose, resolved
     from .model import ModelArgs
-    from .weights import to_model
 
     keep_background, model_opts, config_overrides = _split_overrides(list(override_items))
     out_path = Path(out)
@@ -143,20 +183,10 @@ def import_weights(sources: list[str], out: str, override_items: list[str] = ())
     src = read_source(paths)
     if not hasattr(src, "fc_weight"):  # a DetectorSource
         return import_detector(src, out_path, keep_background, model_opts, config_overrides)
-    if "resolution" in model_opts:
-        resolution, resolution_from = model_opts["resolution"], "override"
-    elif src.resolution:
-        resolution, resolution_from = src.resolution, src.details.get("resolution_from", "file")
-    else:
-        resolution, resolution_from = DEFAULT_RESOLUTION, "default (the file does not record it)"
-    model, args, info = to_model(src, resolution, padding=model_opts.get("padding", "tf_same"),
-                                 keep_background=keep_background, dropout=model_opts.get("dropout", 0.0),
-                                 bn_momentum=model_opts.get("bn_momentum", ModelArgs.bn_momentum))
-
+    src, model, args, data, resolution_from, info = build_import(paths, model_opts, keep_background, src)
     # The config a training run of this model would have had, so that eval and fine-tuning use it.
     inferred = {f"model.{k}": v for k, v in args.to_dict().items() if k != "num_classes"}
-    inferred.update({"data.num_classes": args.num_classes, "data.normalization": "inception",
-                     "data.eval_preset": src.eval_preset})
+    inferred.update({f"data.{k}": v for k, v in data.items()})
     user_keys = {item.partition("=")[0].lstrip("+") for item in config_overrides}
     overrides = [f"{k}={v}" for k, v in inferred.items() if k not in user_keys] + config_overrides
     config = resolved(compose(overrides))
@@ -166,12 +196,13 @@ def import_weights(sources: list[str], out: str, override_items: list[str] = ())
 
     complexity = measure_complexity(model, args.resolution)
     classes = imagenet_classes(args.num_classes)
+    eval_keys = ("eval_preset", "normalization", "eval_crop_fraction", "interpolation")
     record = {
         "format": src.format,
         "sources": [str(Path(s).resolve()) for s in src.sources],
         "resolution_from": resolution_from,
         "dropped_background": info["dropped_background"],
-        "eval_preset": config["data"]["eval_preset"],
+        **{k: config["data"][k] for k in eval_keys},
         **{k: v for k, v in src.details.items() if k != "resolution_from"},
     }
     save_checkpoint(out_path, model_payload(model, args, config, classes, complexity, **{"import": record}))
@@ -213,6 +244,26 @@ def import_detector(src, out_path: Path, keep_background: bool, model_opts: dict
                                             **{"import": record}))
     return {"out": str(out_path), "args": args, "complexity": complexity, "classes": classes,
             "category_ids": category_ids, "task": "detection", **record}
+
+
+def load_weights(path: str | Path, what: str) -> dict:
+    """What model.init= and distill.teacher= read: a toolkit checkpoint, or timm weights (a .safetensors
+    file or a Hub folder, e.g. from mobilenet-export --format safetensors) imported in memory."""
+    from .checkpoint import load_checkpoint
+    from .weights.timm_model import is_safetensors
+
+    p = Path(str(path)).expanduser()
+    if not (p.is_dir() or p.suffix == ".safetensors" or is_safetensors(p)):
+        return load_checkpoint(p)
+    if not p.exists():
+        raise UserError(f"{what}={path} does not exist")
+    try:
+        src, model, args, data, _, info = build_import([p], {}, keep_background=False)
+    except UserError as e:
+        raise UserError(f"{what}={path}: {e}") from None
+    record = {"format": src.format, "sources": [str(Path(s).resolve()) for s in src.sources], **src.details}
+    return {"model": model.state_dict(), "model_args": args.to_dict(), "classes": imagenet_classes(args.num_classes),
+            "config": {"model": args.to_dict(), "data": data}, "metrics": {}, "import": record}
 
 
 if __name__ == "__main__":  # python -m mobilenet_train.importer: the same as mobilenet-import

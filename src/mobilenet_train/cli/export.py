@@ -1,5 +1,5 @@
-"""`mobilenet-export CKPT --format onnx|executorch|tflite [--quantize int8] [key=value ...]`: ship a checkpoint
-(the library side is mobilenet_train.deploy)."""
+"""`mobilenet-export CKPT --format onnx|executorch|tflite|safetensors [--quantize int8] [key=value ...]`: ship a
+checkpoint (the library side is mobilenet_train.deploy)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from ..config.help import options_help
 from ..config.schema import ExportOptions, leaf_fields
 from ..deploy.export import PROG, ExportResult, export_with
 from ..deploy.formats import FORMATS, RUNTIMES
+from ..deploy.hub import HUB_FORMAT
 from ..errors import UserError, fail
 
 log = logging.getLogger("mobilenet_train")
@@ -29,6 +30,14 @@ def parse_options(items: list[str]) -> tuple[ExportOptions, list[str]]:
 
 def report(r: ExportResult) -> None:
     v = r.verification
+    if r.format == HUB_FORMAT:
+        timm_check = (f", timm.create_model('local-dir:{r.out}') {v['timm_max_rel_error']:.2g}"
+                      if v["timm_architecture"] else " (timm has no MobileNet v1 of these widths)")
+        print(f"exported    {HUB_FORMAT} in timm's Hub layout ({v['timm_architecture'] or 'toolkit-only widths'}): "
+              f"{r.out}/model.safetensors + config.json ({r.size_bytes / 1e6:.2f} MB)")
+        print(f"checked     read back on {r.inputs}: max relative logit error, this toolkit's reader "
+              f"{v['toolkit_max_rel_error']:.2g}{timm_check}")
+        return
     if "detections_found" in v:  # Faster R-CNN: the whole detector, NMS inside
         print(f"exported    Faster R-CNN detector, {r.format} {r.precision} for {RUNTIMES[r.format]}: {r.out} "
               f"({r.size_bytes / 1e6:.2f} MB); outputs boxes, labels and scores after NMS (docs/deploy.md)")
@@ -64,7 +73,8 @@ def main(argv: list[str] | None = None) -> None:
         prog=PROG,
         description="Export a mobilenet-train checkpoint to ONNX, ExecuTorch (XNNPACK) or TF-Lite, fp32 or int8, "
                     "BN folded, preprocessing in the file's metadata; "
-                    "the file is checked against PyTorch in its runtime.",
+                    "the file is checked against PyTorch in its runtime. --format safetensors: the float weights in "
+                    "timm's Hugging Face Hub layout, checked by loading them back in timm.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="example: mobilenet-export checkpoints/best.pt --format onnx --quantize int8 "
                "calibration=/data/imagenet/train eval=/data/imagenet/val\ndata.*=VALUE: the checkpoint's data config "
@@ -72,7 +82,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("checkpoint", help="a checkpoint written by mobilenet-train or mobilenet-import")
     parser.add_argument("options", nargs="*", metavar="key=value")
-    parser.add_argument("--format", required=True, metavar="|".join(FORMATS), help="onnx, executorch or tflite")
+    parser.add_argument("--format", required=True, metavar="|".join([*FORMATS, HUB_FORMAT]),
+                        help="onnx, executorch or tflite; safetensors: a folder in timm's Hub layout "
+                             "(model.safetensors + config.json)")
     parser.add_argument("--quantize", default=None, metavar="int8", help="post-training static int8 quantisation")
     ns = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")

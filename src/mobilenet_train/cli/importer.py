@@ -10,6 +10,7 @@ from ..config.help import options_help
 from ..errors import UserError, fail
 
 PROG = "mobilenet-import"
+NORMALIZATION_NOTES = {"inception": "x/127.5 - 1", "imagenet": "ImageNet mean/std"}
 
 
 def _print_detector(r: dict) -> None:
@@ -43,7 +44,10 @@ def _print(r: dict) -> None:
     dropped = ", background logit dropped" if r["dropped_background"] else ""
     names = "ImageNet wnids" if r["classes"] else "no class names"
     print(f"classes     {a.num_classes} ({names}{dropped})")
-    print(f"eval        data.eval_preset={r['eval_preset']}, data.normalization=inception (x/127.5 - 1)")
+    crop = f" data.eval_crop_fraction={r['eval_crop_fraction']:g}" if r["eval_preset"] != "keras" else ""
+    filter_ = f" data.interpolation={r['interpolation']}" if r["eval_preset"] == "default" else ""
+    print(f"eval        data.eval_preset={r['eval_preset']}{crop}{filter_} at {a.resolution} px, "
+          f"data.normalization={r['normalization']} ({NORMALIZATION_NOTES[r['normalization']]})")
     print(f"written     {r['out']}")
 
 
@@ -52,8 +56,9 @@ def main(argv: list[str] | None = None) -> None:
         prog=PROG, usage=f"{PROG} SRC [SRC ...] OUT.pt [key=value ...]",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Import Google's MobileNet v1 weights (Keras HDF5, TF.js layers model, TF-Lite float or 8-bit) "
-                    "as a mobilenet-train checkpoint.",
-        epilog="SRC: a Keras .h5 weights file, a TF.js model.json (or its directory), or a .tflite file; a TF-Lite "
+                    "or timm's (mobilenetv1_100, mobilenetv1_125) as a mobilenet-train checkpoint.",
+        epilog="SRC: a Keras .h5 weights file, a TF.js model.json (or its directory), a .tflite file, or a timm "
+               "model.safetensors / pytorch_model.bin (or its Hub folder with config.json); a TF-Lite "
                "model split into pieces takes each piece in order.\nOverrides: model.resolution=N, "
                "model.padding=symmetric, model.dropout=P, model.bn_momentum=M, any config key to store "
                "(data.root=..., data.eval_preset=tf|keras|default), and\n" + options_help(PROG),

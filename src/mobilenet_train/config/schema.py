@@ -66,8 +66,9 @@ class ModelConfig:
                     choices=("batchnorm", "none"))
     bn_momentum: float = key(0.1, "BatchNorm momentum, PyTorch convention (TF decay 0.9997 ~ 0.0003)", gt=0, le=1)
     bn_eps: float = key(1e-5, "BatchNorm epsilon (Keras releases: 0.001)", gt=0, lt=1, example=0.001)
-    init: str | None = key(None, "start from this checkpoint's weights (trained or mobilenet-import'ed; see "
-                              "+experiment=finetune); its architecture is used", example="imported.pt")
+    init: str | None = key(None, "start from this checkpoint's weights (trained or mobilenet-import'ed, or timm "
+                              "MobileNet v1 .safetensors / Hub folder; see +experiment=finetune); its architecture "
+                              "is used", example="imported.pt")
 
 
 # ----------------------------------------------------------------------------- data
@@ -270,7 +271,8 @@ class QatConfig:
 @dataclass
 class DistillConfig:
     teacher: str | None = key(None, "knowledge distillation from this teacher: a toolkit checkpoint (trained or "
-                                 "mobilenet-import'ed) or timm:NAME (with distill.teacher_weights); null: none",
+                                 "mobilenet-import'ed), a timm MobileNet v1 .safetensors / Hub folder, or timm:NAME "
+                                 "(with distill.teacher_weights); null: none",
                               example="teacher.pt")
     teacher_weights: str | None = key(None, "distill.teacher=timm:NAME: its local weights file (.safetensors, "
                                          ".pth); never downloaded", example="resnet50.safetensors")

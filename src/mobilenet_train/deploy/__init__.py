@@ -14,6 +14,7 @@ match PyTorch. The modules, in the order an export uses them:
     onnx.py, executorch.py, tflite.py
                   write and run one format each; imported only when that format is asked for
     verify.py     the exported file against PyTorch, and top-1 on a labelled folder
+    hub.py        --format safetensors: timm's Hub layout (float, BN kept), read back by timm and us
     latency.py    mobilenet-bench latency; profile.py: mobilenet-bench profile
     score.py      mobilenet-eval FILE.onnx|.pte|.tflite: an exported file scored in its runtime
 

@@ -1,4 +1,5 @@
-"""`mobilenet-export`: a checkpoint to ONNX, ExecuTorch or TF-Lite, fp32 or int8, checked in its runtime.
+"""`mobilenet-export`: a checkpoint to ONNX, ExecuTorch or TF-Lite, fp32 or int8, checked in its runtime
+(or to timm's Hub layout in safetensors: hub.py).
 
 Every option is checked first (format, numbers, packages, the checkpoint, data.* overrides, the
 output path, the eval= and calibration= folders); then the model is BN-folded, written by its
@@ -23,6 +24,7 @@ from ..errors import UserError
 from ..qat import is_qat
 from . import formats
 from .formats import FORMATS
+from .hub import HUB_FORMAT, export_hub
 from .inputs import checked, data_config, folder_images, labelled_folder, preprocessing, sample_inputs, spread
 from .prepare import deploy_model, example_input
 from .quantize import correct_int8_bias
@@ -55,7 +57,7 @@ def default_out(ckpt_path: Path, fmt: str, quantize: str | None) -> Path:
 def check_request(fmt: str, quantize: str | None, **counts: int) -> None:
     """The format, the precision and the counts, before anything is read."""
     if fmt not in FORMATS:
-        raise UserError(f"--format {fmt} is unknown: use one of {', '.join(FORMATS)}")
+        raise UserError(f"--format {fmt} is unknown: use one of {', '.join(FORMATS)}, {HUB_FORMAT}")
     if quantize not in (None, *QUANTIZE):
         raise UserError(f"--quantize {quantize} is unknown: use int8 (or leave it out for fp32)")
     for name, value in counts.items():
@@ -72,7 +74,11 @@ def check_out(out_path: Path, fmt: str) -> None:
 def export_with(ckpt_path: str, fmt: str, quantize: str | None, opts: ExportOptions,
                 data_items: list[str] = ()) -> ExportResult:
     """export() with the command line's options; `data_items` (data.eval_preset=tf, data=...) apply to the
-    checkpoint's config, as mobilenet-eval applies them."""
+    checkpoint's config, as mobilenet-eval applies them. --format safetensors: timm's Hub layout (hub.py)."""
+    if fmt == HUB_FORMAT:
+        r = export_hub(ckpt_path, quantize, opts, data_items)
+        return ExportResult(out=r["out"], format=fmt, precision="fp32", verification=r["verification"],
+                            inputs=r["inputs"], size_bytes=r["size_bytes"])
     check_request(fmt, quantize, num_calibration=opts.num_calibration, num_verify=opts.num_verify,
                   max_batch=opts.max_batch)
     ckpt = load_checkpoint(ckpt_path)

@@ -10,8 +10,9 @@ pure function matching: the labels are not used. The teacher sees the student's 
 batch (mixup/cutmix included), in eval mode without gradients; the batch is brought to the
 teacher's own normalisation and resolution on the device when they differ.
 
-A teacher is a toolkit checkpoint (trained, or imported by mobilenet-import) or
-`timm:NAME` with a local weights file (`distill.teacher_weights`; nothing is downloaded).
+A teacher is a toolkit checkpoint (trained, or imported by mobilenet-import), timm MobileNet v1
+weights as safetensors (a file or a Hub folder, imported in memory), or `timm:NAME` with a local
+weights file (`distill.teacher_weights`; nothing is downloaded).
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import load_checkpoint, model_from_checkpoint
+from ..checkpoint import model_from_checkpoint
 from ..data import NORMALIZATION
 from ..errors import UserError
+from ..importer import load_weights
+from ..weights.timm_model import read_state_dict
 from .setup import autocast
 
 log = logging.getLogger("mobilenet_train")
@@ -70,10 +73,13 @@ def load_teacher(distill_cfg, classes: list[str]) -> LoadedTeacher:
 
 
 def _toolkit_teacher(path: Path, classes: list[str]) -> LoadedTeacher:
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"distill.teacher={path}: no such checkpoint file (pass a mobilenet-train checkpoint, "
-                        f"e.g. outputs/run/checkpoints/best.pt, or timm:NAME with distill.teacher_weights=FILE)")
-    ckpt = load_checkpoint(path)
+                        f"e.g. outputs/run/checkpoints/best.pt, a timm MobileNet v1 model.safetensors, or timm:NAME "
+                        f"with distill.teacher_weights=FILE)")
+    ckpt = load_weights(path, "distill.teacher")
+    if "import" in ckpt and ckpt["import"]["format"] == "timm":
+        path = Path(ckpt["import"]["sources"][0])  # the weights file of a Hub folder
     model, args = model_from_checkpoint(ckpt)
     theirs = ckpt.get("classes")
     if args.num_classes != len(classes) or (theirs is not None and list(theirs) != list(classes)):
@@ -103,7 +109,7 @@ def _timm_teacher(name: str, weights: str | None, num_classes: int) -> LoadedTea
         raise UserError(f"distill.teacher=timm:{name}: distill.teacher_weights={weights} is not a file; give the "
                         f"teacher's weights as a local file (nothing is downloaded)")
     model = timm.create_model(name, pretrained=False, num_classes=num_classes)
-    state = _read_state_dict(path)
+    state = read_state_dict(path, "distill.teacher_weights")
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
@@ -114,21 +120,6 @@ def _timm_teacher(name: str, weights: str | None, num_classes: int) -> LoadedTea
     identity = {"path": f"{TIMM_PREFIX}{name}", "weights": str(path), "sha256": file_sha256(path), "val_top1": None,
                 "num_classes": num_classes, "kind": "timm"}
     return LoadedTeacher(model, int(cfg["input_size"][-1]), tuple(cfg["mean"]), tuple(cfg["std"]), identity)
-
-
-def _read_state_dict(path: Path) -> dict:
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - corrupt files raise many different types
-        raise UserError(f"distill.teacher_weights={path} is not a readable weights file ({type(e).__name__})") from None
-    for key in ("state_dict", "model", "state_dict_ema"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            return state[key]
-    return state
 
 
 class Distiller:

@@ -9,6 +9,8 @@ then infers the width multiplier and builds the toolkit's model from it.
   TensorFlow.js layers format (model.json + binary shards); one name mapping for both.
 - `tflite_model`: TF-Lite flatbuffers of TF-slim MobileNet v1, float32 or 8-bit quantized
   (dequantized here), including a model split into pieces that chain.
+- `timm_model`: timm's MobileNet v1 state dicts (safetensors, torch files, Hub folders) with the eval
+  preprocessing of their pretrained cfg; and the toolkit's model written back in timm's Hub layout.
 """
 
 from .common import ConvWeights, SourceWeights, to_model

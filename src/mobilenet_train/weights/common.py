@@ -38,7 +38,7 @@ class ConvWeights:
 class SourceWeights:
     """A MobileNet v1 read from a file; `to_model` turns it into the toolkit's model."""
 
-    format: str                       # keras-hdf5 | tfjs-layers | tflite
+    format: str                       # keras-hdf5 | tfjs-layers | tflite | timm
     sources: list[str]
     convs: list[ConvWeights]          # the 27 convs in Table 1 order
     fc_weight: np.ndarray             # (classes, features)
@@ -47,6 +47,10 @@ class SourceWeights:
     eval_preset: str                  # the eval preprocessing these weights were released with
     bn_eps: float | None = None       # None: BN folded into the convs (model.norm=none)
     details: dict = field(default_factory=dict)  # goes to the checkpoint's `import` section
+    activation: str = "relu6"         # Google's releases; timm's MobileNet v1 too
+    padding: str = "tf_same"          # how the weights were trained to see borders
+    # The data.* settings of the eval these weights were released with (normalization, crop, filter).
+    eval_data: dict = field(default_factory=lambda: {"normalization": "inception"})
 
 
 def _check_structure(src: SourceWeights) -> list[int]:
@@ -97,9 +101,10 @@ def infer_width(src: SourceWeights, widths: list[int]) -> tuple[float, int]:
     raise AssertionError("unreachable: widths matched alpha")  # pragma: no cover
 
 
-def to_model(src: SourceWeights, resolution: int, padding: str = "tf_same", keep_background: bool = False,
+def to_model(src: SourceWeights, resolution: int, padding: str | None = None, keep_background: bool = False,
              dropout: float = 0.0, bn_momentum: float = 0.1) -> tuple[MobileNetV1, ModelArgs, dict]:
-    """Build the toolkit's model holding `src`'s weights; returns it, its args and what was done."""
+    """Build the toolkit's model holding `src`'s weights; returns it, its args and what was done.
+    `padding`: None for the source's own."""
     widths = _check_structure(src)
     alpha, round_to = infer_width(src, widths)
     fc_weight, fc_bias = src.fc_weight, src.fc_bias
@@ -109,7 +114,7 @@ def to_model(src: SourceWeights, resolution: int, padding: str = "tf_same", keep
         fc_weight, fc_bias = fc_weight[1:], fc_bias[1:]
     folded = src.bn_eps is None
     args = ModelArgs(alpha=alpha, resolution=resolution, num_classes=int(fc_weight.shape[0]), dropout=dropout,
-                     activation="relu6", padding=padding, round_to=round_to,
+                     activation=src.activation, padding=padding or src.padding, round_to=round_to,
                      norm="none" if folded else "batchnorm", bn_momentum=bn_momentum,
                      bn_eps=ModelArgs.bn_eps if folded else float(src.bn_eps))
     model = MobileNetV1(args)
