@@ -12,6 +12,7 @@ from ..config.schema import ExportOptions, leaf_fields
 from ..deploy.export import PROG, ExportResult, export_with
 from ..deploy.formats import FORMATS, RUNTIMES
 from ..errors import UserError, fail
+from ..faults import os_fault
 
 log = logging.getLogger("mobilenet_train")
 
@@ -73,4 +74,6 @@ def main(argv: list[str] | None = None) -> None:
         r = export_with(ns.checkpoint, ns.format, ns.quantize, opts, data_items)
     except UserError as e:
         fail(PROG, e)
+    except OSError as e:  # one the write sites did not translate (a directory made)
+        fail(PROG, os_fault(e))
     report(r)
