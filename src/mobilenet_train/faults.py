@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+import signal
 import threading
 from pathlib import Path
 
@@ -35,6 +36,12 @@ def quiet_background_writes() -> None:
     threading.excepthook = hook
 
 
+def signal_name(description: str) -> str:
+    """PyTorch names the signal by its description ("Killed"): SIGKILL."""
+    names = {signal.strsignal(s): s.name for s in signal.Signals}
+    return names.get(description.strip(), description.strip())
+
+
 def survivors(run_dir: Path) -> tuple[str, bool]:
     """(what of the run survived, whether anything did): the newest checkpoint that reads."""
     from .checkpoint import newest_readable  # torch: only when a run failed
@@ -44,7 +51,8 @@ def survivors(run_dir: Path) -> tuple[str, bool]:
     path, ckpt, _ = newest_readable(run_dir / "checkpoints")
     if ckpt is None:
         return "no checkpoint was written yet", False
-    where = f"epoch {ckpt['epoch']}" + (f", step {ckpt['step']}" if ckpt.get("batches_done") else "")
+    where = f"epoch {ckpt['epoch'] + 1} at step {ckpt['step']}" if ckpt.get("batches_done") else \
+        f"end of epoch {ckpt['epoch']}"
     return f"the previous checkpoint {path.relative_to(run_dir)} ({where}) is intact", True
 
 
@@ -54,20 +62,21 @@ def training_fault(e: BaseException, run_dir: Path) -> UserError | None:
         e.base = run_dir
         intact, resumable = survivors(run_dir)
         if not run_dir.is_dir():
-            e.advice = f"{intact}; recreate its parent if needed and run the same command to start over"
+            e.advice = f"{intact}; run the same command to start over"
         else:
             e.advice = (f"{intact}; {remedy(e.errno, e.path)} and run the same command to "
                         f"{'resume' if resumable else 'start over'}")
         return e
     if isinstance(e, TrainingDiverged):
         intact, resumable = survivors(run_dir)
-        return TrainingDiverged(f"{e} ({intact}{'; a run with a lower optim.lr resumes from it' if resumable else ''})")
+        then = ", and a run with a lower optim.lr resumes from it" if resumable else ""
+        return TrainingDiverged(f"{e}; {intact}{then}")
     if isinstance(e, UserError):
         return e
     died = WORKER_DIED.search(str(e)) if isinstance(e, RuntimeError) else None
     if died:
         intact, resumable = survivors(run_dir)
-        how = f"was killed by {died.group(2)}" if died.group(2) else "died"
+        how = f"was killed by {signal_name(died.group(2))}" if died.group(2) else "died"
         return RunFault(f"a DataLoader worker (pid {died.group(1).strip()}) {how} mid-epoch, often the out-of-memory "
                         f"killer (see dmesg): {intact}; lower data.num_workers or data.batch_size, or give the job "
                         f"more memory, and run the same command to {'resume' if resumable else 'start over'}")
