@@ -76,6 +76,8 @@ class Result:
         """The one line a user reads: the error line, else the last warning (log prefix dropped)."""
         if "Traceback" in self.out + self.err:
             return "TRACEBACK: " + _last(self.err or self.out)
+        if not self.one_line:
+            return "MORE THAN ONE LINE: " + " / ".join(self.err.splitlines())
         errors = [line for line in self.err.splitlines() if re.match(r"mobilenet-\w+: error:", line)]
         if errors:
             return errors[-1]
@@ -457,10 +459,10 @@ def main_sigkill(m: Matrix) -> list[Row]:
         if m.rng.random() < 0.25:
             time.sleep(m.rng.uniform(0.3, startup))
         else:
-            target = reached + m.rng.randint(1, 6)
+            target = reached + m.rng.randint(1, 3)
             while proc.poll() is None and (last_step("".join(lines)) or 0) < target:
-                time.sleep(0.005)
-            time.sleep(m.rng.uniform(0, 0.3))
+                time.sleep(0.002)
+            time.sleep(m.rng.uniform(0, 0.1))
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()

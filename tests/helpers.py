@@ -166,7 +166,7 @@ def assert_one_line_error(proc, *needles, code=2):
     assert len(lines) == 1, proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert lines[0].startswith(tuple(f"mobilenet-{c}: error:"
-                                     for c in ("train", "eval", "import", "export", "bench"))), lines[0]
+                                     for c in ("train", "eval", "import", "export", "bench", "report"))), lines[0]
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
     return lines[0]
