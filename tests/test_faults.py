@@ -198,3 +198,16 @@ def test_killed_dataloader_worker_is_one_line(tmp_path, monkeypatch):
     assert re.search(r"\(pid \d+\) (was killed by SIGKILL|died) mid-epoch, often the out-of-memory killer \(see "
                      r"dmesg\): no checkpoint was written yet; lower data.num_workers or data.batch_size, or give the "
                      r"job more memory, and run the same command to start over$", line), line
+
+
+def test_a_broken_worker_connection_is_a_killed_worker(tmp_path):
+    """Killed while the main process took a batch from it, a worker leaves a reset socket, not a message."""
+    try:
+        exec(compile("raise ConnectionResetError(104, 'Connection reset by peer')",
+                     "/site-packages/multiprocessing/resource_sharer.py", "exec"))
+    except ConnectionResetError as e:
+        err = faults.training_fault(e, tmp_path)
+    assert err.exit_code == EXIT_OSERR
+    assert str(err).startswith("a DataLoader worker died mid-epoch (ConnectionResetError receiving a batch from it), "
+                               "often the out-of-memory killer (see dmesg): no checkpoint was written yet; ")
+    assert isinstance(faults.training_fault(ConnectionResetError(104, "reset"), tmp_path), faults.RunFault)

@@ -8,6 +8,7 @@ to resume training exactly (optimizer, scheduler, scaler, EMA, RNG states, posit
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -55,10 +56,18 @@ def atomic_write_bytes(path: Path, write, size: int | None = None, make_parent: 
                 tmp.unlink(missing_ok=True)
 
 
+# A file system that cannot fsync (some FUSE mounts) still gets its checkpoints; a full or failing one
+# (ENOSPC, EIO, which network file systems report only here) does not.
+NO_FSYNC = {errno.EINVAL, errno.ENOTSUP, errno.ENOSYS}
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+    except OSError as e:
+        if e.errno not in NO_FSYNC:
+            raise
     finally:
         os.close(fd)
 
@@ -238,11 +247,17 @@ class Checkpointer:
 
 
 def check_finite_weights(model_state: dict, state) -> None:
-    bad = [k for k, v in model_state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    """Weights and BN statistics only: a QAT observer's range starts at +-inf and is no fault."""
+    bad = [k for k, v in model_state.items() if v.is_floating_point() and _is_weight(k)
+           and not bool(torch.isfinite(v).all())]
     if bad:
         raise TrainingDiverged(f"the weights became NaN/inf by step {state.step} ({bad[0]} and {len(bad) - 1} more); "
                                f"stopped without writing a checkpoint. Lower optim.lr, set trainer.grad_clip, or use "
                                f"trainer.amp=none")
+
+
+def _is_weight(name: str) -> bool:
+    return name.rsplit(".", 1)[-1] in ("weight", "bias", "running_mean", "running_var")
 
 
 # ----------------------------------------------------------------------------- rotation and fallback

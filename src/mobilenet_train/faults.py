@@ -75,14 +75,32 @@ def training_fault(e: BaseException, run_dir: Path) -> UserError | None:
         return e
     died = WORKER_DIED.search(str(e)) if isinstance(e, RuntimeError) else None
     if died:
-        intact, resumable = survivors(run_dir)
         how = f"was killed by {signal_name(died.group(2))}" if died.group(2) else "died"
-        return RunFault(f"a DataLoader worker (pid {died.group(1).strip()}) {how} mid-epoch, often the out-of-memory "
-                        f"killer (see dmesg): {intact}; lower data.num_workers or data.batch_size, or give the job "
-                        f"more memory, and run the same command to {'resume' if resumable else 'start over'}")
+        return worker_fault(f"a DataLoader worker (pid {died.group(1).strip()}) {how} mid-epoch", run_dir)
+    if isinstance(e, (ConnectionError, EOFError)) and _raised_in_dataloader(e):
+        # A worker killed while the main process took a batch from it: the socket it was sent on breaks.
+        return worker_fault(f"a DataLoader worker died mid-epoch ({type(e).__name__} receiving a batch from it)",
+                            run_dir)
     if isinstance(e, OSError):
         return os_fault(e)
     return None
+
+
+def worker_fault(what: str, run_dir: Path) -> RunFault:
+    intact, resumable = survivors(run_dir)
+    return RunFault(f"{what}, often the out-of-memory killer (see dmesg): {intact}; lower data.num_workers or "
+                    f"data.batch_size, or give the job more memory, and run the same command to "
+                    f"{'resume' if resumable else 'start over'}")
+
+
+def _raised_in_dataloader(e: BaseException) -> bool:
+    tb = e.__traceback__
+    while tb is not None:
+        name = tb.tb_frame.f_code.co_filename.replace("\\", "/")
+        if "/torch/utils/data/" in name or "/multiprocessing/" in name:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def os_fault(e: OSError) -> RunFault:
