@@ -27,12 +27,15 @@ def quiet_background_writes() -> None:
     neither prints a traceback before the run's one line."""
     logging.raiseExceptions = False
     previous = threading.excepthook
+    if getattr(previous, "quiet_tensorboard", False):
+        return  # installed already (a command run twice in one process)
 
     def hook(args):
         if isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread":
             return
         previous(args)
 
+    hook.quiet_tensorboard = True
     threading.excepthook = hook
 
 
