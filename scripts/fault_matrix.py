@@ -332,7 +332,7 @@ def disk_site(m: Matrix, name: str, target: str, site: str) -> Row:
         r = m.train(run)
         site = f"{site} on a full tmpfs"
     else:
-        r = m.train(run, inject=f"enospc-after:0:*{target}*")
+        r = m.train(run, inject=f"enospc-after:0:*/{target}{'/*' if target == 'tb' else ''}")
         site = f"{site} (injected ENOSPC)"
     before = checkpoint_at(run)
     if m.tmpfs:
@@ -355,7 +355,7 @@ def disk_outputs(m: Matrix) -> list[Row]:
         else:
             base = m.work / name
             base.mkdir()
-            inject, site = f"enospc-after:0:*{produced}*", f"{name}: out= (injected ENOSPC)"
+            inject, site = f"enospc-after:0:{base}/*", f"{name}: out= (injected ENOSPC)"
         out = base / produced
         r = m.run(cmd, *args, f"out={out}", inject=inject)
         half = sorted(str(p.relative_to(base)) for p in base.rglob("*") if p.is_file() and p.name != ".filler")
@@ -644,8 +644,8 @@ def _enospc_writes(pattern: str, after: int) -> None:
     """Files whose path matches `pattern` fail their writes with ENOSPC once `after` of them opened."""
     real_open, real_os_open, real_write, opened, bad_fds = builtins.open, os.open, os.write, [0], set()
 
-    def matches(file) -> bool:
-        return isinstance(file, (str, os.PathLike)) and fnmatch.fnmatch(os.fspath(file), pattern)
+    def matches(file) -> bool:  # TensorBoard names its files as bytes
+        return isinstance(file, (str, bytes, os.PathLike)) and fnmatch.fnmatch(os.fsdecode(file), pattern)
 
     class Full:
         def __init__(self, f):
