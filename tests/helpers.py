@@ -166,7 +166,7 @@ def assert_one_line_error(proc, *needles, code=2):
     assert len(lines) == 1, proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert lines[0].startswith(tuple(f"mobilenet-{c}: error:"
-                                     for c in ("train", "eval", "import", "export", "bench"))), lines[0]
+                                     for c in ("train", "eval", "import", "export", "bench", "report"))), lines[0]
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
     return lines[0]
@@ -337,7 +337,8 @@ def run_epoch(parts, batches, state, **tcfg):
     from mobilenet_train import distributed
     from mobilenet_train.engine import train_one_epoch
 
-    settings = {"accum_steps": 1, "log_every_steps": 1, "checkpoint_every_steps": 0, "grad_clip": 0.0, **tcfg}
+    settings = {"accum_steps": 1, "log_every_steps": 1, "checkpoint_every_steps": 0, "grad_clip": 0.0,
+                "max_loss_ratio": 1000.0, **tcfg}
     dist_info = distributed.DistInfo(distributed.dist.get_rank(), distributed.dist.get_world_size()) \
         if distributed.is_initialized() else distributed.DistInfo()
     return train_one_epoch(parts, batches, state, OmegaConf.create(settings), "epoch 1/1", None, False, dist_info)

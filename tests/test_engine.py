@@ -133,3 +133,23 @@ def test_training_wrapper_compiles_in_the_configured_mode(monkeypatch):
     training_wrapper(model, DistInfo(), torch.device("cpu"), True, "reduce-overhead")
     training_wrapper(model, DistInfo(), torch.device("cpu"), True)
     assert modes == ["reduce-overhead", None]
+
+
+def test_an_exploding_loss_stops_before_a_checkpoint():
+    """A loss that stays finite but grows past trainer.max_loss_ratio times its first value stops the run."""
+    from mobilenet_train.errors import TrainingDiverged
+
+    parts, scale = tiny_parts(1.0), [1.0]
+    loss_fn = parts.loss_fn
+
+    def growing(logits, y):
+        scale[0] *= 10
+        return loss_fn(logits, y) * scale[0]
+
+    parts.loss_fn = growing
+    exploded = r"exploded to 5.8\d+e\+04 at step 3 .*max_loss_ratio=1000 times its first logged value 18\."
+    with pytest.raises(TrainingDiverged, match=exploded):
+        run_epoch(parts, tiny_batches(8), TrainState())
+    parts, scale[0] = tiny_parts(1.0), 1.0
+    parts.loss_fn = growing
+    assert run_epoch(parts, tiny_batches(8), TrainState(), max_loss_ratio=0)["train_loss"] > 1e6  # 0: never

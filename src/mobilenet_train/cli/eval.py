@@ -8,6 +8,7 @@ import logging
 
 from ..config.help import options_help
 from ..errors import UserError, fail
+from ..faults import os_fault
 
 PROG = "mobilenet-eval"
 
@@ -71,6 +72,8 @@ def main(argv: list[str] | None = None) -> None:
         result = score(ns.checkpoint, ns.overrides)
     except UserError as e:
         fail(PROG, e)
+    except OSError as e:  # one the write sites did not translate (a directory made)
+        fail(PROG, os_fault(e))
     _print(result)
 
 

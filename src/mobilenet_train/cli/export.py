@@ -13,6 +13,7 @@ from ..deploy.export import PROG, ExportResult, export_with
 from ..deploy.formats import FORMATS, RUNTIMES
 from ..deploy.hub import HUB_FORMAT
 from ..errors import UserError, fail
+from ..faults import os_fault
 
 log = logging.getLogger("mobilenet_train")
 
@@ -94,4 +95,6 @@ def main(argv: list[str] | None = None) -> None:
         r = export_with(ns.checkpoint, ns.format, ns.quantize, opts, data_items)
     except UserError as e:
         fail(PROG, e)
+    except OSError as e:  # one the write sites did not translate (a directory made)
+        fail(PROG, os_fault(e))
     report(r)

@@ -10,6 +10,7 @@ from ..config import parse_options
 from ..config.help import options_help
 from ..config.schema import ReportOptions, find_field
 from ..errors import UserError, fail
+from ..faults import os_fault
 
 PROG = "mobilenet-report"
 
@@ -49,6 +50,8 @@ def main(argv: list[str] | None = None) -> None:
         table, skipped = write_report(paths, out, tb)
     except UserError as e:
         fail(PROG, e)
+    except OSError as e:  # one the write sites did not translate (a directory made)
+        fail(PROG, os_fault(e))
     for s in skipped:
         print(f"{PROG}: skipped {s}", file=sys.stderr)
     print("\n".join(results_table(table)))

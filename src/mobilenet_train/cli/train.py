@@ -11,7 +11,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from .. import distributed
+from .. import distributed, faults
 from ..config import preflight
 from ..config.compose import CONFIG_MODULE
 from ..config.help import train_help
@@ -60,13 +60,18 @@ def _train_task(cfg: DictConfig) -> float | None:
     launch = distributed.detect_launch()
     if launch.rank != 0:
         _leave_logs_to_rank_zero()
+    faults.quiet_background_writes()
     try:
         return fit(cfg, run_dir).get("val_top1")  # the value a Hydra sweeper optimises
     except Preempted as e:
         return _preempted(e, launch)
-    except UserError as e:
-        _remove_if_empty_run(run_dir)
-        fail(PROG, e)
+    except Exception as e:  # noqa: BLE001 - bad input and known faults end in one line; the rest is a bug
+        err = faults.training_fault(e, run_dir)
+        if err is None:
+            raise
+        if type(err) is UserError:
+            _remove_if_empty_run(run_dir)
+        fail(PROG, err)
     except KeyboardInterrupt:
         log.warning("interrupted: resume later from %s", run_dir / "checkpoints" / "last.pt")
         sys.exit(130)

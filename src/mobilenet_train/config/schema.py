@@ -241,8 +241,12 @@ class TrainerConfig:
                                example=50)
     checkpoint_every_steps: int = key(0, "also write last.pt every N optimizer steps (0: once per epoch)", ge=0,
                                       example=1000)
-    resume: str = key("auto", "auto: resume from <run dir>/checkpoints/last.pt if present | PATH | none",
-                      example="none")
+    keep_last: int = key(1, "keep the N newest last.pt files (last.pt, last.1.pt, ...): auto-resume falls back to "
+                         "the newest that reads", ge=1, le=100, example=3)
+    resume: str = key("auto", "auto: resume from the newest checkpoint of <run dir>/checkpoints that reads (last.pt, "
+                      "last.N.pt, best.pt) | PATH | none", example="none")
+    max_loss_ratio: float = key(1000.0, "stop when a log window's training loss exceeds this many times the first one "
+                                "of the process (an exploding loss); 0 disables", ge=0, example=1000.0)
     progress: str = key("auto", "progress bar: auto (when stderr is a terminal) | true | false",
                         choices=("auto", "true", "false"))
     deterministic: bool = key(False, "bit-reproducible CPU runs: deterministic algorithms")

@@ -3,9 +3,14 @@
 Bad images (truncated, unreadable) are replaced by another sample, logged once and counted
 (`ImageLoader.bad_images`, loaders.py); an epoch stops when more than `data.max_bad_share`
 of it fails. A sample carries the (path, reason) of the images it replaced to the batch.
+A read that fails the way a flaky network file system fails (EIO, a file gone for a moment) is
+tried again first, after READ_RETRY_DELAYS; only then is the image bad.
 """
 
 from __future__ import annotations
+
+import errno
+import time
 
 import torch
 
@@ -14,6 +19,10 @@ from ..config.schema import DataConfig
 DEFAULT_MAX_BAD_SHARE = DataConfig.max_bad_share  # the schema's default, for loaders built without a config
 # A sample that fails is replaced by another; after this many failures in a row, a black image.
 REPLACEMENT_TRIES = 8
+# Seconds before each retry of a transient read error; then the image counts as bad.
+READ_RETRY_DELAYS = (0.05, 0.25)
+TRANSIENT = {errno.EIO, errno.ENOENT, errno.ESTALE, errno.ETIMEDOUT, errno.EAGAIN, errno.EINTR, errno.ECONNRESET,
+             errno.EHOSTDOWN, errno.ENOLCK}
 
 
 class Sample(tuple):
@@ -80,18 +89,32 @@ def blank_like(transform) -> torch.Tensor:
     return torch.zeros(3, h, w, dtype=torch.uint8)
 
 
+def load_retrying(dataset, index: int):
+    """dataset.load(index), tried again after a transient read error (not after a decode error:
+    PIL's errors carry no errno)."""
+    for delay in READ_RETRY_DELAYS:
+        try:
+            return dataset.load(index)
+        except OSError as e:
+            if e.errno not in TRANSIENT:
+                raise
+            time.sleep(delay)
+    return dataset.load(index)
+
+
 def load_with_replacement(dataset, index: int) -> Sample:
     """dataset.load(index), or when that fails the next sample that loads; the failures ride along."""
     bad = []
     n = len(dataset)
     for attempt in range(REPLACEMENT_TRIES):
         try:
-            image, target = dataset.load(index)
+            image, target = load_retrying(dataset, index)
             sample = (EncodedSample if dataset.encoded else Sample)(image, target, bad)
             sample.path = dataset.describe(index)
             return sample
         except Exception as e:  # noqa: BLE001 - any decode failure: replace the sample
-            bad.append((dataset.describe(index), describe_error(e)))
+            tries = f" ({len(READ_RETRY_DELAYS) + 1} tries)" if getattr(e, "errno", None) in TRANSIENT else ""
+            bad.append((dataset.describe(index), describe_error(e) + tries))
             index = (index * 7919 + 104729 + attempt) % n  # another sample, the same in every run
     blank = torch.zeros(0, dtype=torch.uint8) if dataset.encoded else blank_like(dataset.transform)
     return (EncodedSample if dataset.encoded else Sample)(blank, 0, bad)

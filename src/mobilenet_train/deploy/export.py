@@ -11,6 +11,7 @@ only then moved into place. int8: the biases are first corrected for the weights
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ import torch
 
 from ..checkpoint import load_checkpoint
 from ..config.schema import ExportOptions
-from ..errors import UserError
+from ..errors import UserError, writing
 from ..qat import is_qat
 from . import formats
 from .formats import FORMATS
@@ -137,13 +138,15 @@ def export(ckpt_path: str, fmt: str, quantize: str | None = None, out: str | Non
     try:
         # int8: biases corrected for the weights' rounding; the check below is against the fp32 model.
         corrected = correct_int8_bias(model, calib) if quantize else model
-        module.write(corrected, tmp, meta, example_input(ckpt, batch=module.EXAMPLE_BATCH), calib, max_batch)
+        with writing(out_path):  # a full or read-only disk: one line naming the file
+            module.write(corrected, tmp, meta, example_input(ckpt, batch=module.EXAMPLE_BATCH), calib, max_batch)
         check = verify(fmt, tmp, model, inputs, quantize is not None, max_batch, min_cosine)
         accuracy = accuracy_on(labelled, data, model, formats.runner(fmt, tmp), max_batch) if labelled else None
-        os.replace(tmp, out_path)
+        with writing(out_path):
+            os.replace(tmp, out_path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
     return ExportResult(out=str(out_path), format=fmt, precision=quantize or "fp32", verification=check,
                         inputs=inputs_from, calibration=calib_from, accuracy=accuracy,
                         size_bytes=out_path.stat().st_size)
@@ -185,14 +188,16 @@ def export_qat(ckpt_path: Path, ckpt: dict, fmt: str, out_path: Path, data, labe
     tmp = out_path.with_name(f".{out_path.stem}.tmp{os.getpid()}{out_path.suffix}")
     try:
         converted = convert(fake_quantized, fold_quantize=fmt != "tflite")
-        module.write_converted(converted, tmp, meta, example_input(ckpt, batch=module.EXAMPLE_BATCH), max_batch)
+        with writing(out_path):
+            module.write_converted(converted, tmp, meta, example_input(ckpt, batch=module.EXAMPLE_BATCH), max_batch)
         check = verify_qat(fmt, tmp, fake_quantized, inputs, max_batch)
         accuracy = accuracy_on(labelled, data, fake_quantized, formats.runner(fmt, tmp), max_batch) \
             if labelled else None
-        os.replace(tmp, out_path)
+        with writing(out_path):
+            os.replace(tmp, out_path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
     return ExportResult(out=str(out_path), format=fmt, precision="int8", verification=check, inputs=inputs_from,
                         calibration="no images (the QAT checkpoint's trained ranges)", accuracy=accuracy,
                         size_bytes=out_path.stat().st_size)

@@ -111,6 +111,19 @@ def check_finite(loss_sum: float, count: float, where: str) -> None:
                                f"writing a checkpoint. Lower optim.lr, set trainer.grad_clip, or use trainer.amp=none")
 
 
+def check_exploding(parts: TrainParts, loss: float, max_ratio: float, where: str) -> None:
+    """Stop when the loss grew past `max_ratio` times this process's first logged loss: a run that
+    explodes can stay finite for epochs (its weights huge, its BN statistics inf) and learn nothing."""
+    if parts.first_loss is None:
+        parts.first_loss = loss
+        return
+    if max_ratio > 0 and loss > max_ratio * max(parts.first_loss, 1e-12):
+        raise TrainingDiverged(f"the training loss exploded to {loss:.4g} {where}, more than "
+                               f"trainer.max_loss_ratio={max_ratio:g} times its first logged value "
+                               f"{parts.first_loss:.4g}; stopped without writing a checkpoint. Lower optim.lr or "
+                               f"set trainer.grad_clip (or raise trainer.max_loss_ratio)")
+
+
 def train_one_epoch(parts: TrainParts, loader, state: TrainState, tcfg, epoch_desc: str, logger=None,
                     progress: bool = False, dist_info: distributed.DistInfo | None = None,
                     after_step=None, stop: StopRequest | None = None,
@@ -144,7 +157,8 @@ def train_one_epoch(parts: TrainParts, loader, state: TrainState, tcfg, epoch_de
             if last_micro:
                 optimizer_step(parts, state, float(tcfg.grad_clip or 0.0))
                 if state.step % log_every == 0:
-                    _log_window(meter, parts, state, loader, bar, epoch_desc, logger, dist_info.world_size)
+                    _log_window(meter, parts, state, loader, bar, epoch_desc, logger, dist_info.world_size,
+                                float(tcfg.max_loss_ratio))
                 if after_step is not None:
                     after_step()
                 if stop is not None and _stop_now(stop, state.step, dist_info, device):
@@ -205,9 +219,10 @@ def optimizer_step(parts: TrainParts, state: TrainState, grad_clip: float) -> No
 
 
 def _log_window(meter: Meter, parts: TrainParts, state: TrainState, loader, bar, desc: str, logger,
-                world_size: int) -> None:
+                world_size: int, max_loss_ratio: float) -> None:
     (loss_sum, correct, count), elapsed, wait, images = meter.take_window()
     check_finite(loss_sum, count, f"at step {state.step} ({desc})")
+    check_exploding(parts, loss_sum / count, max_loss_ratio, f"at step {state.step} ({desc})")
     lr = parts.optimizer.param_groups[0]["lr"]
     bad = getattr(loader, "bad_images", 0)  # replaced unreadable images (data.ImageLoader)
     metrics = {"loss": loss_sum / count, "top1": 100 * correct / count, "lr": lr,

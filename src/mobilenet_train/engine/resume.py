@@ -11,7 +11,7 @@ import torch
 from omegaconf import DictConfig
 
 from .. import distributed
-from ..checkpoint import load_checkpoint, set_rng_state
+from ..checkpoint import load_checkpoint, newest_readable, set_rng_state
 from ..errors import UserError
 from ..model import ModelArgs
 from .loop import TrainState
@@ -20,29 +20,39 @@ from .setup import TrainParts
 log = logging.getLogger("mobilenet_train")
 
 
-def resume_path(tcfg, run_dir: Path) -> Path | None:
+def resume_checkpoint(tcfg, run_dir: Path, args: ModelArgs, cfg: DictConfig) -> tuple[Path | None, dict | None]:
+    """(path, checkpoint) that trainer.resume names, checked against the config; (None, None): a fresh run.
+    `auto` takes the newest checkpoint of the run dir that reads, and says which it skipped and why."""
     resume = tcfg.resume
     if resume in (None, False, "none", "false", "no"):
-        return None
+        return None, None
     if resume == "auto":
-        path = run_dir / "checkpoints" / "last.pt"
-        return path if path.is_file() else None
-    path = Path(str(resume)).expanduser()
-    if not path.is_file():
-        raise UserError(f"trainer.resume={resume}: no such checkpoint file (use auto, none, or a path to last.pt)")
-    return path
+        path, ckpt = _newest_in_run(run_dir / "checkpoints")
+    else:
+        path = Path(str(resume)).expanduser()
+        if not path.is_file():
+            raise UserError(f"trainer.resume={resume}: no such checkpoint file (use auto, none, or a path to last.pt)")
+        ckpt = load_checkpoint(path)
+        if "optimizer" not in ckpt:
+            raise UserError(f"cannot resume from {path}: it holds weights only (no training state); "
+                            f"start from it with +experiment=finetune model.init={path}")
+    if ckpt is not None:
+        _check_resume_matches(ckpt, args, cfg, path)
+    return path, ckpt
 
 
-def read_resume_checkpoint(path: Path | None, args: ModelArgs, cfg: DictConfig) -> dict | None:
-    """The training checkpoint at `path` (None: a fresh run), checked against the config."""
-    if path is None:
-        return None
-    ckpt = load_checkpoint(path)
-    if "optimizer" not in ckpt:
-        raise UserError(f"cannot resume from {path}: it holds weights only (no training state); "
-                        f"start from it with +experiment=finetune model.init={path}")
-    _check_resume_matches(ckpt, args, cfg, path)
-    return ckpt
+def _newest_in_run(ckpt_dir: Path) -> tuple[Path | None, dict | None]:
+    path, ckpt, skipped = newest_readable(ckpt_dir)
+    for bad, reason in skipped:
+        log.warning("resume: skipped %s: %s", bad, reason)
+    if ckpt is None and skipped:
+        reasons = "; ".join(f"{p.name}: {r}" for p, r in skipped)
+        raise UserError(f"no checkpoint in {ckpt_dir} reads ({reasons}): move them away to start the run over, or "
+                        f"resume from a copy with trainer.resume=PATH (trainer.keep_last=N keeps older ones)")
+    if skipped:
+        log.warning("resume: using %s (epoch %d, step %d), the newest checkpoint that reads", path, ckpt["epoch"],
+                    ckpt["step"])
+    return path, ckpt
 
 
 def _check_resume_matches(ckpt: dict, args: ModelArgs, cfg: DictConfig, path: Path) -> None:

@@ -1,15 +1,22 @@
-"""What a run reports: TensorBoard and metrics.jsonl (rank 0 only) and console lines."""
+"""What a run reports: TensorBoard and metrics.jsonl (rank 0 only) and console lines.
+
+A write the file system refuses (full, read-only, the run dir deleted) is one StorageError:
+a metrics.jsonl line is appended whole or not at all; TensorBoard's last record may be cut,
+which its reader skips."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
 from ..checkpoint import atomic_write_text
+from ..errors import StorageError, writing
 
 log = logging.getLogger("mobilenet_train")
 
@@ -24,19 +31,22 @@ class RunLogger:
         self.metrics_path = run_dir / "metrics.jsonl"
         self.is_main, self.progress = is_main, progress
         self.detection = cfg.get("task") == "detection"  # no top-1: the score is COCO mAP (val_map)
+        self.tb_dir = run_dir / "tb"
         self.writer: SummaryWriter | None = None
         if is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             if resumed_epoch is not None:
                 trim_metrics(self.metrics_path, resumed_epoch)
-            self.writer = SummaryWriter(str(run_dir / "tb"))
-            self.writer.add_text("config", "```\n" + OmegaConf.to_yaml(cfg) + "\n```", 0)
+            with writing(self.tb_dir):
+                self.writer = SummaryWriter(str(self.tb_dir))
+                self.writer.add_text("config", "```\n" + OmegaConf.to_yaml(cfg) + "\n```", 0)
 
     def window(self, step: int, metrics: dict, desc: str) -> None:
         """A log window's train metrics (loss, top1, lr, images_per_sec, data_wait_share, bad_images)."""
         if self.writer is not None:
-            for k, v in metrics.items():
-                self.writer.add_scalar(f"train/{k}", v, step)
+            with writing(self.tb_dir):  # the writer's thread hands a failed write to the next call
+                for k, v in metrics.items():
+                    self.writer.add_scalar(f"train/{k}", v, step)
         if not self.progress and self.is_main:
             top1 = "" if self.detection else f" top-1 {metrics['top1']:.2f}%"
             log.info("%s step %d: loss %.4f%s lr %.3g %.0f img/s data-wait %.0f%%", desc, step,
@@ -46,9 +56,9 @@ class RunLogger:
         """An epoch's line of metrics.jsonl, its TensorBoard scalars and its console line."""
         if not self.is_main:
             return
-        self._epoch_scalars(metrics)
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(metrics) + "\n")
+        with writing(self.tb_dir):
+            self._epoch_scalars(metrics)
+        append_line(self.metrics_path, json.dumps(metrics))
         val = (f", val loss {metrics['val_loss']:.4f} top-1 {metrics['val_top1']:.2f}% top-5 {metrics['val_top5']:.2f}%"
                if "val_top1" in metrics else "")
         if "val_map" in metrics:  # task=detection
@@ -79,14 +89,41 @@ class RunLogger:
                  "hparam/val_map_50": metrics.get("val_map_50", float("nan"))} if self.detection else \
             {"hparam/val_top1": metrics.get("val_top1", float("nan")),
              "hparam/val_top5": metrics.get("val_top5", float("nan"))}
-        self.writer.add_hparams(hparams, {**final, f"hparam/best_{score}": state.best_val_top1}, run_name=".",
-                                global_step=state.step)
+        with writing(self.tb_dir):
+            self.writer.add_hparams(hparams, {**final, f"hparam/best_{score}": state.best_val_top1}, run_name=".",
+                                    global_step=state.step)
         log.info("done: %d epochs, final %s %.2f%%, best %.2f%% (epoch %d); checkpoints in %s", hparams["epochs"],
                  name, metrics.get(score, float("nan")), state.best_val_top1, state.best_epoch, ckpt_dir)
 
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+    def close(self, quiet: bool = False) -> None:
+        """`quiet`: the run is failing already, so a failed flush only repeats its cause."""
+        if self.writer is None:
+            return
+        try:
+            with writing(self.tb_dir):
+                self.writer.close()
+        except StorageError:
+            if not quiet:
+                raise
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one line, flushed to disk; a failed write is cut back so no partial line remains."""
+    data = memoryview((line + "\n").encode())
+    with writing(path, len(data)):
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            start = os.lseek(fd, 0, os.SEEK_END)
+            try:
+                while data:
+                    data = data[os.write(fd, data):]
+                os.fsync(fd)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, start)
+                raise
+        finally:
+            os.close(fd)
 
 
 def trim_metrics(path: Path, completed_epochs: int) -> None:

@@ -134,6 +134,7 @@ class TrainParts:
     distill: Any = None            # a distill.Distiller when distill.teacher is set
     batch_augment: Any = None      # data.mixing.BatchAugment: random erasing, mixup/cutmix on the device
     forward_loss: Callable | None = None  # task=detection: (train_model, x, targets) -> loss, the model's own
+    first_loss: float | None = None  # this process's first log window's loss: the exploding-loss reference
 
 
 def _qat_model(cfg: DictConfig, model: nn.Module, weights: dict | None, init: dict | None, step: int) -> nn.Module:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,13 +19,13 @@ from ..data import DataBundle, build_data
 from ..data.coco import build_detection_data
 from ..detection.evaluate import evaluate_detection
 from ..detection.train import build_detector, detector_complexity
-from ..errors import UserError
+from ..errors import TrainingDiverged, UserError
 from ..model import ModelArgs, build_model
 from ..optim import scaled_lr
 from ..preemption import Preempted, StopRequest
 from .distill import build_distiller, teacher_metrics, teacher_record
 from .loop import TrainState, evaluate, train_one_epoch
-from .resume import already_finished, read_resume_checkpoint, restore, resume_path, resumed_state
+from .resume import already_finished, restore, resume_checkpoint, resumed_state
 from .runlog import RunLogger
 from .setup import TrainContext, TrainParts, build_parts, start_process, training_wrapper
 
@@ -55,8 +56,7 @@ def _fit(cfg: DictConfig, run_dir: Path, stop: StopRequest) -> dict:
     init = finetune.load_init(cfg)  # model.init: its architecture, and below its weights
     model, args, complexity = build_task_model(cfg)
     epochs, accum = int(tcfg.epochs), int(tcfg.accum_steps)  # ranges checked by the schema (fit's validate)
-    ckpt_path = resume_path(tcfg, run_dir)
-    ckpt = read_resume_checkpoint(ckpt_path, args, cfg)
+    ckpt_path, ckpt = resume_checkpoint(tcfg, run_dir, args, cfg)
     if ckpt is not None and ckpt["epoch"] >= epochs:
         return already_finished(ckpt, epochs, run_dir)
 
@@ -80,13 +80,16 @@ def _fit(cfg: DictConfig, run_dir: Path, stop: StopRequest) -> dict:
                 "complexity": complexity, "teacher": teacher_record(distiller, cfg)}
     _note_teacher_change(ckpt, describe["teacher"])
     checkpointer = Checkpointer(run_dir / "checkpoints", parts, describe, epochs, int(tcfg.checkpoint_every_steps or 0),
-                                dist_info.world_size, dist_info.is_main)
+                                dist_info.world_size, dist_info.is_main, int(tcfg.keep_last))
     trainer = Trainer(cfg, ctx, parts, data, state, epoch_totals, logger, checkpointer, stop, epochs,
                       dict(ckpt.get("metrics", {})) if ckpt is not None else {})
     try:
-        return trainer.run()
-    finally:
-        logger.close()
+        metrics = trainer.run()
+    except BaseException:
+        logger.close(quiet=True)  # a second error from a full disk must not hide the first
+        raise
+    logger.close()
+    return metrics
 
 
 def build_task_model(cfg: DictConfig) -> tuple[torch.nn.Module, ModelArgs, dict]:
@@ -197,6 +200,10 @@ class Trainer:
         p, n, progress = self.parts, self.state.epoch, self.ctx.progress
         score = evaluate_detection if self.cfg.task == "detection" else evaluate
         val = score(p.model, self.data.val_loader, p.prep, p.amp, desc=f"val {n}", progress=progress)
+        if not math.isfinite(val.get("loss", 0.0)):  # finite training loss, blown-up BN statistics
+            raise TrainingDiverged(f"the validation loss became {val['loss']} after epoch {n}; stopped without "
+                                   f"writing a checkpoint. Lower optim.lr, set trainer.grad_clip, or use "
+                                   f"trainer.amp=none")
         out = {f"val_{k}": v for k, v in val.items() if k != "images_per_sec"}
         if p.ema is not None:
             val_ema = score(p.ema.module, self.data.val_loader, p.prep, p.amp, desc=f"val ema {n}",
