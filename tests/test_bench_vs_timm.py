@@ -177,3 +177,28 @@ def test_one_epoch_both_trainers_on_tiny_real_folder(tmp_path):
     assert result["timm_model"] == "mobilenetv1_025" and result["differences"]
     assert result["summary"]["wall_ratio"] > 0 and (out / "bench_vs_timm.png").stat().st_size > 1000
     assert "differences the translation cannot remove" in proc.stdout
+
+
+@pytest.mark.parametrize("sched", [["sched.warmup_epochs=1"], ["sched=cosine", "sched.warmup_epochs=2",
+                                                               "sched.min_lr=1e-4"]])
+def test_timm_schedule_from_the_flags_is_the_toolkits_per_update(timm_parser, sched):
+    """The lr of every update: timm's create_scheduler_v2 from the parsed flags == the toolkit's scheduler."""
+    from timm.scheduler import create_scheduler_v2, scheduler_kwargs
+
+    from mobilenet_train.optim import build_scheduler
+
+    cfg = compose([*BASE, *sched], hydra=False)
+    args = timm_parser.parse_args(["/data", *bench.translate(cfg).flags])
+    steps = 7  # updates per epoch
+    ours_opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=args.lr)
+    theirs_opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=args.lr)
+    ours = build_scheduler(ours_opt, cfg.sched, int(cfg.trainer.epochs), steps)
+    theirs, epochs = create_scheduler_v2(theirs_opt, **scheduler_kwargs(args), updates_per_epoch=steps)
+    assert epochs == 8 and not theirs.t_in_epochs
+    lrs = []
+    for update in range(epochs * steps):  # as both loops: step_update after each optimizer step
+        ours.step_update(num_updates=update)
+        theirs.step_update(num_updates=update)
+        lrs.append(ours_opt.param_groups[0]["lr"])
+        assert math.isclose(ours_opt.param_groups[0]["lr"], theirs_opt.param_groups[0]["lr"], rel_tol=1e-12), update
+    assert max(lrs) == pytest.approx(args.lr) and lrs[0] < args.lr / 2 and lrs[-1] < args.lr  # warmup, then decay
