@@ -25,6 +25,7 @@ import csv
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -247,9 +248,16 @@ def count_timm(exp_dir: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def run_stamped(cmd: list[str], env: dict, log_path: Path, read) -> tuple[list[dict], list[float], float, int]:
-    """Run `cmd`; the wall time (from launch) at which each epoch's line appeared."""
+def children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_stamped(cmd: list[str], env: dict, log_path: Path, read) -> tuple[list[dict], list[float], float, int, float]:
+    """Run `cmd`; the wall time (from launch) at which each epoch's line appeared, and the CPU seconds
+    of the trainer and its loader workers (less sensitive than wall time to other jobs on a shared machine)."""
     stamps: list[float] = []
+    cpu0 = children_cpu_s()
     with open(log_path, "w") as log:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -261,7 +269,7 @@ def run_stamped(cmd: list[str], env: dict, log_path: Path, read) -> tuple[list[d
             if done:
                 break
             time.sleep(0.2)
-    return rows, stamps, time.perf_counter() - t0, proc.returncode
+    return rows, stamps, time.perf_counter() - t0, proc.returncode, children_cpu_s() - cpu0
 
 
 def toolkit_epochs(rows: list[dict], stamps: list[float]) -> list[dict]:
@@ -284,20 +292,22 @@ def run_pair(ns, seed: int, env: dict) -> tuple[list[dict], Translation]:
         if trainer == "toolkit":
             shutil.rmtree(out / "toolkit", ignore_errors=True)
             cmd = toolkit_command(overrides)
-            rows, stamps, wall, rc = run_stamped(cmd, env, out / "toolkit.log", lambda: count_toolkit(out / "toolkit"))
+            rows, stamps, wall, rc, cpu = run_stamped(cmd, env, out / "toolkit.log",
+                                                      lambda: count_toolkit(out / "toolkit"))
             epochs = toolkit_epochs(rows, stamps)
         else:
             shutil.rmtree(out / "timm", ignore_errors=True)
             cmd = timm_command(ns, tr, out, "timm")
-            rows, stamps, wall, rc = run_stamped(cmd, env, out / "timm.log", lambda: count_timm(out / "timm"))
+            rows, stamps, wall, rc, cpu = run_stamped(cmd, env, out / "timm.log", lambda: count_timm(out / "timm"))
             epochs = timm_epochs(rows, stamps)
         load = os.getloadavg()
         final = epochs[-1] if epochs else {}
-        runs.append({"trainer": trainer, "seed": seed, "returncode": rc, "wall_s": wall, "load_avg_after": load,
+        runs.append({"trainer": trainer, "seed": seed, "returncode": rc, "wall_s": wall, "cpu_s": cpu,
+                     "load_avg_after": load,
                      "final_val_top1": final.get("val_top1"), "final_val_top5": final.get("val_top5"),
                      "epochs": epochs, "command": " ".join(cmd)})
         print(f"{trainer:8} seed {seed}: rc {rc}, {len(epochs)} epochs, final val top-1 {final.get('val_top1')}, "
-              f"wall {wall:.0f} s, load {load[0]:.1f}", file=sys.stderr, flush=True)
+              f"wall {wall:.0f} s, CPU {cpu:.0f} s, load {load[0]:.1f}", file=sys.stderr, flush=True)
     return runs, tr
 
 
@@ -308,10 +318,12 @@ def summarize(runs: list[dict]) -> dict:
         if rs:
             out[trainer] = {"final_val_top1_mean": statistics.mean(r["final_val_top1"] for r in rs),
                             "final_val_top1": [r["final_val_top1"] for r in rs],
-                            "wall_s_mean": statistics.mean(r["wall_s"] for r in rs), "seeds": [r["seed"] for r in rs]}
+                            "wall_s_mean": statistics.mean(r["wall_s"] for r in rs),
+                            "cpu_s_mean": statistics.mean(r["cpu_s"] for r in rs), "seeds": [r["seed"] for r in rs]}
     if "toolkit" in out and "timm" in out:
         out["top1_gap_points"] = out["toolkit"]["final_val_top1_mean"] - out["timm"]["final_val_top1_mean"]
         out["wall_ratio"] = out["toolkit"]["wall_s_mean"] / out["timm"]["wall_s_mean"]
+        out["cpu_ratio"] = out["toolkit"]["cpu_s_mean"] / out["timm"]["cpu_s_mean"]
     return out
 
 
@@ -406,7 +418,7 @@ def print_report(result: dict) -> None:
     for d in result["differences"]:
         print(f"  - {d}")
     for r in result["runs"]:
-        print(f"\n{r['trainer']} seed {r['seed']} (wall {r['wall_s']:.0f} s):")
+        print(f"\n{r['trainer']} seed {r['seed']} (wall {r['wall_s']:.0f} s, CPU {r['cpu_s']:.0f} s):")
         print("  epoch | val top-1 | val top-5 | wall s")
         for e in r["epochs"]:
             print(f"  {e['epoch']:5d} | {e['val_top1']:9.2f} | {e['val_top5']:9.2f} | {e['wall_s']:6.0f}")
@@ -414,7 +426,7 @@ def print_report(result: dict) -> None:
     if "wall_ratio" in s:
         print(f"\nfinal val top-1 mean: toolkit {s['toolkit']['final_val_top1_mean']:.2f} vs timm "
               f"{s['timm']['final_val_top1_mean']:.2f} ({s['top1_gap_points']:+.2f} points); wall time "
-              f"toolkit / timm {s['wall_ratio']:.2f}x")
+              f"toolkit / timm {s['wall_ratio']:.2f}x, CPU time {s['cpu_ratio']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ both trainers on a tiny real folder."""
 import importlib.util
 import json
 import math
+import os
 import runpy
 import subprocess
 import sys
@@ -174,8 +175,10 @@ def test_one_epoch_both_trainers_on_tiny_real_folder(tmp_path):
     assert [r["trainer"] for r in result["runs"]] == ["toolkit", "timm"]
     for r in result["runs"]:
         assert len(r["epochs"]) == 1 and 0 <= r["final_val_top1"] <= 100 and r["epochs"][0]["wall_s"] > 0
+        assert 0 < r["cpu_s"] < 4 * r["wall_s"]
     assert result["timm_model"] == "mobilenetv1_025" and result["differences"]
-    assert result["summary"]["wall_ratio"] > 0 and (out / "bench_vs_timm.png").stat().st_size > 1000
+    assert result["summary"]["wall_ratio"] > 0 and result["summary"]["cpu_ratio"] > 0
+    assert (out / "bench_vs_timm.png").stat().st_size > 1000
     assert "differences the translation cannot remove" in proc.stdout
 
 
@@ -202,3 +205,17 @@ def test_timm_schedule_from_the_flags_is_the_toolkits_per_update(timm_parser, sc
         lrs.append(ours_opt.param_groups[0]["lr"])
         assert math.isclose(ours_opt.param_groups[0]["lr"], theirs_opt.param_groups[0]["lr"], rel_tol=1e-12), update
     assert max(lrs) == pytest.approx(args.lr) and lrs[0] < args.lr / 2 and lrs[-1] < args.lr  # warmup, then decay
+
+
+def test_epoch_lines_are_stamped_as_they_appear(tmp_path):
+    """run_stamped: each line gets the wall time it appeared at, and the child's CPU seconds are counted."""
+    lines = tmp_path / "lines.txt"
+    code = ("import time\nfor i in range(3):\n    t = time.process_time()\n"
+            "    while time.process_time() - t < 0.3: pass\n"  # burn CPU, then write one line
+            f"    open({str(lines)!r}, 'a').write(f'{{i}}\\n')\n")
+    read = lambda: lines.read_text().splitlines() if lines.exists() else []  # noqa: E731
+    rows, stamps, wall, rc, cpu = bench.run_stamped([sys.executable, "-c", code], dict(os.environ),
+                                                    tmp_path / "log.txt", read)
+    assert rc == 0 and rows == ["0", "1", "2"] and len(stamps) == 3
+    assert stamps[0] < stamps[1] < stamps[2] <= wall
+    assert 0.9 <= cpu <= wall + 0.5
