@@ -144,6 +144,9 @@ def run_main(name: str, *args: str, cwd: Path, check: bool = True) -> subprocess
         warnings.simplefilter("default")
         for category in _PROCESS_WARNING_IGNORES:
             warnings.filterwarnings("ignore", category=category)
+        # An earlier test may have imported JAX (the TF-Lite converter) into this process, which then warns
+        # at every fork (DataLoader workers); a console script's own process never has it.
+        warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
         try:
             main()
         except SystemExit as e:
