@@ -95,24 +95,34 @@ def write_onnx(model: DetectorOutputs, path: Path, example: torch.Tensor, meta: 
     onnx.save(proto, str(path))
 
 
+def compare_outputs(model: DetectorOutputs, x: torch.Tensor, boxes, scores) -> tuple[dict, list, list]:
+    """A runtime's raw boxes and scores for `x` against PyTorch's: the errors, top-10 label agreement, and both
+    sides' final detections (the model's own post-processing)."""
+    with torch.no_grad():
+        ref_boxes, ref_scores = model(x)
+    ours = model.postprocess(torch.from_numpy(boxes), torch.from_numpy(scores))
+    ref = model.postprocess(ref_boxes, ref_scores)
+    top = [bool(torch.equal(a["labels"][:10], b["labels"][:10])) for a, b in zip(ours, ref)]
+    return ({"max_abs_box_error": float(np.abs(boxes - ref_boxes.numpy()).max()),
+             "max_abs_score_error": float(np.abs(scores - ref_scores.numpy()).max()),
+             "top10_labels_agree": sum(top) / len(top)}, ours, ref)
+
+
+def _check_fp32(result: dict, what: str) -> None:
+    box_err, score_err = result["max_abs_box_error"], result["max_abs_score_error"]
+    if box_err > BOX_TOLERANCE or score_err > SCORE_TOLERANCE:
+        raise UserError(f"the {what} file disagrees with PyTorch (box error {box_err:.3g} px, score error "
+                        f"{score_err:.3g}): not written")
+
+
 def verify_onnx(path: Path, model: DetectorOutputs, x: torch.Tensor) -> dict:
     """ONNX Runtime against PyTorch: box and score errors, and whether the final detections agree."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     boxes, scores = session.run(None, {session.get_inputs()[0].name: x.numpy()})
-    with torch.no_grad():
-        ref_boxes, ref_scores = model(x)
-    box_err = float(np.abs(boxes - ref_boxes.numpy()).max())
-    score_err = float(np.abs(scores - ref_scores.numpy()).max())
-    ours = model.postprocess(torch.from_numpy(boxes), torch.from_numpy(scores))
-    ref = model.postprocess(ref_boxes, ref_scores)
-    top = [bool(torch.equal(a["labels"][:10], b["labels"][:10])) for a, b in zip(ours, ref)]
-    result = {"max_abs_box_error": box_err, "max_abs_score_error": score_err,
-              "top10_labels_agree": sum(top) / len(top)}
-    if box_err > BOX_TOLERANCE or score_err > SCORE_TOLERANCE:
-        raise UserError(f"the ONNX file disagrees with PyTorch (box error {box_err:.3g} px, score error "
-                        f"{score_err:.3g}): not written")
+    result, _, _ = compare_outputs(model, x, boxes, scores)
+    _check_fp32(result, "ONNX")
     return result
 
 
@@ -136,22 +146,13 @@ def verify_tflite(path: Path, model: DetectorOutputs, x: torch.Tensor, int8: boo
     from ..deploy.tflite import outputs_runner
 
     boxes, scores = outputs_runner(path, threads=2)(x.numpy())
-    with torch.no_grad():
-        ref_boxes, ref_scores = model(x)
-    box_err = float(np.abs(boxes - ref_boxes.numpy()).max())
-    score_err = float(np.abs(scores - ref_scores.numpy()).max())
-    ours = model.postprocess(torch.from_numpy(boxes), torch.from_numpy(scores))
-    ref = model.postprocess(ref_boxes, ref_scores)
-    found = _same_detections(ours, ref)
-    top = [bool(torch.equal(a["labels"][:10], b["labels"][:10])) for a, b in zip(ours, ref)]
-    result = {"max_abs_box_error": box_err, "max_abs_score_error": score_err,
-              "top10_labels_agree": sum(top) / len(top), "confident_detections_found": found}
+    result, ours, ref = compare_outputs(model, x, boxes, scores)
+    found = result["confident_detections_found"] = _same_detections(ours, ref)
     if int8 and found < INT8_MIN_FOUND:
         raise UserError(f"the int8 TF-Lite file finds {found:.0%} of PyTorch's detections scored >= {INT8_CONFIDENT} "
                         f"(same category, IoU >= {INT8_MATCH_IOU}): not written")
-    if not int8 and (box_err > BOX_TOLERANCE or score_err > SCORE_TOLERANCE):
-        raise UserError(f"the TF-Lite file disagrees with PyTorch (box error {box_err:.3g} px, score error "
-                        f"{score_err:.3g}): not written")
+    if not int8:
+        _check_fp32(result, "TF-Lite")
     return result
 
 
