@@ -17,12 +17,14 @@ from .checkpoint import atomic_write_json, load_checkpoint, model_from_checkpoin
 from .complexity import measure_complexity
 from .config import apply_overrides, parse_options, parse_overrides, typed_config
 from .config.schema import EvalOptions
-from .data import DevicePreprocess, build_data
+from .data import DataBundle, DevicePreprocess, eval_loader, resolve_root
 from .data.coco import build_detection_data
 from .detection.evaluate import evaluate_detection
 from .detection.model import detector_from_args
 from .detection.train import detector_complexity
-from .engine import autocast_dtype, evaluate, progress_enabled, resolve_device
+from .engine import autocast_dtype, progress_enabled, resolve_device
+from .engine.scoring import PooledFeatures, evaluator
+from .engine.trainer import task_data
 from .errors import UserError
 from .model import MobileNetV1, ModelArgs
 from .qat import is_qat
@@ -98,10 +100,14 @@ def evaluate_checkpoint(ckpt_path: str, items: list[str]) -> dict:
     device = resolve_device(str(opts.device))
     amp = autocast_dtype(opts.amp, device)
     model, args = _model(ckpt, opts.use_ema)
+    task = _eval_task(cfg, args, opts)
+    if task == "embedding" and not args.embedding_dim:
+        model = PooledFeatures(model)  # embedding=true: a classifier's pooled features
     resolution = int(cfg.model.resolution)
     complexity = measure_complexity(MobileNetV1(args), resolution)
-    data = build_data(cfg, resolution, train=False, pin_memory=device.type == "cuda")
-    if ckpt.get("classes") and list(ckpt["classes"]) != data.classes:
+    data = _embedding_data(cfg, resolution) if task == "embedding" else task_data(cfg)(
+        cfg, resolution, train=False, pin_memory=device.type == "cuda")
+    if task != "embedding" and ckpt.get("classes") and list(ckpt["classes"]) != data.classes:
         raise UserError(f"the evaluation data's classes differ from the checkpoint's ({len(data.classes)} vs "
                         f"{len(ckpt['classes'])} classes, e.g. '{data.classes[0]}' vs '{ckpt['classes'][0]}'): "
                         f"point data.root at the dataset the model was trained on")
@@ -110,9 +116,13 @@ def evaluate_checkpoint(ckpt_path: str, items: list[str]) -> dict:
         model.to(memory_format=torch.channels_last)
     prep = DevicePreprocess(cfg.data.normalization, device, cfg.trainer.channels_last)
     with full_fp32(device, amp):
-        metrics = evaluate(model, data.val_loader, prep, amp, desc="eval", progress=progress_enabled(opts.progress))
+        metrics = evaluator(task)(model, data.val_loader, prep, amp, desc="eval",
+                                  progress=progress_enabled(opts.progress))
+    if task == "multilabel":
+        metrics["ap_per_attribute"] = dict(zip(data.classes, metrics["ap_per_attribute"], strict=True))
     result = {
-        **metrics, **complexity,
+        **metrics, **complexity, **({"task": task} if task != "classification" else {}),
+        **({"embedding_of": "pooled features (embedding=true)"} if opts.embedding else {}),
         "checkpoint": str(Path(ckpt_path).resolve()), "alpha": args.alpha, "resolution": resolution,
         "variant": args.variant, "use_ema": opts.use_ema, "dataset": cfg.data.name,
         "eval_preset": cfg.data.eval_preset, "data_root": str(cfg.data.root) if cfg.data.root else None,
@@ -123,6 +133,24 @@ def evaluate_checkpoint(ckpt_path: str, items: list[str]) -> dict:
     out = Path(opts.out) if opts.out else Path(ckpt_path).with_name("eval.json")
     atomic_write_json(out, result)
     return {**result, "out": str(out)}
+
+
+def _embedding_data(cfg: DictConfig, resolution: int) -> DataBundle:
+    """The labelled val split an embedding is scored on: any classes (identities), any number of them."""
+    loader, classes = eval_loader(cfg.data, resolution, resolve_root(cfg.data), str(cfg.data.val_split),
+                                  int(cfg.data.eval_batch_size), int(cfg.data.num_workers))
+    return DataBundle(None, loader, classes)
+
+
+def _eval_task(cfg: DictConfig, args: ModelArgs, opts: DictConfig) -> str:
+    """What the checkpoint is scored as: its task, or an embedding with embedding=true."""
+    task = str(cfg.task)
+    if opts.embedding:
+        if task not in ("classification", "embedding"):
+            raise UserError(f"embedding=true scores a classifier's pooled features; this is a task={task} "
+                            f"checkpoint: drop embedding=true")
+        return "embedding"
+    return "embedding" if args.embedding_dim else task
 
 
 def evaluate_detector_checkpoint(ckpt: dict, ckpt_path: str, items: list[str]) -> dict:

@@ -60,6 +60,8 @@ class ModelArgs:
     norm: str = "batchnorm"
     bn_momentum: float = 0.1
     bn_eps: float = 1e-5
+    embedding_dim: int = 0       # > 0: an embedding network (task=embedding), no classifier
+    l2_normalize: bool = False   # embedding networks: unit-length outputs
 
     @classmethod
     def from_config(cls, model_cfg) -> ModelArgs:
@@ -193,7 +195,9 @@ class MobileNetV1(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(args.dropout)
-        self.fc = nn.Linear(in_ch, args.num_classes)
+        # An embedding network's head is a learned projection of the pooled features, none when the sizes agree.
+        out = args.embedding_dim or args.num_classes
+        self.fc = nn.Identity() if args.embedding_dim == in_ch else nn.Linear(in_ch, out)
         self.num_features = in_ch
         self.reset_parameters()
 
@@ -216,9 +220,13 @@ class MobileNetV1(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(self.stem(x))
 
+    def forward_pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer before the classifier: globally pooled features (the embedding a teacher lends)."""
+        return self.pool(self.forward_features(x)).flatten(1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(self.forward_features(x)).flatten(1)
-        return self.fc(self.dropout(x))
+        x = self.fc(self.dropout(self.forward_pooled(x)))
+        return F.normalize(x, dim=1) if self.args.l2_normalize else x
 
 
 def mobilenet_v1(args: ModelArgs | None = None, **kwargs) -> MobileNetV1:

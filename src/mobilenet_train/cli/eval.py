@@ -31,6 +31,23 @@ def _print_detection(r: dict) -> None:
     print(f"written     {r['out']}")
 
 
+def _print_task(r: dict) -> None:
+    """The score lines of a multilabel or embedding evaluation."""
+    if r["task"] == "multilabel":
+        print(f"mean AP     {r['map']:.2f}% over {r['num_attributes']} attributes (label accuracy "
+              f"{r['label_accuracy']:.2f}%)")
+        aps = [(name, ap) for name, ap in r["ap_per_attribute"].items() if ap is not None]
+        print("AP          " + ", ".join(f"{name} {ap:.1f}" for name, ap in aps[:8])
+              + (f", ... ({len(aps)} in {r['out']})" if len(aps) > 8 else ""))
+        print(f"loss        {r['loss']:.4f}")
+        return
+    print(f"retrieval   recall@1 {r['recall_at_1']:.2f}%   recall@5 {r['recall_at_5']:.2f}%   "
+          f"({r['embedding_dim']}-d, cosine)")
+    print(f"pairs       ROC-AUC {r['roc_auc']:.4f}   TAR@FAR=1e-3 {r['tar_at_far_1e-3']:.2f}%   TAR@FAR=1e-4 "
+          f"{r['tar_at_far_1e-4']:.2f}%   accuracy {r['verification_accuracy']:.2f}% "
+          f"({r['num_pairs_positive']} same / {r['num_pairs_negative']} different)")
+
+
 def _print(r: dict) -> None:
     if r.get("task") == "detection":
         _print_detection(r)
@@ -42,9 +59,12 @@ def _print(r: dict) -> None:
     print(f"model       MobileNet v1 {r['variant']} alpha={r['alpha']} resolution={r['resolution']}: "
           f"{r['params'] / 1e6:.2f}M params, {r['mult_adds'] / 1e6:.1f}M mult-adds")
     print(f"data        {r['dataset']} {r['split']} ({r['num_images']} images, eval preset {r['eval_preset']})")
-    print(f"top-1       {r['top1']:.2f}%")
-    print(f"top-5       {r['top5']:.2f}%")
-    print(f"loss        {r['loss']:.4f}")
+    if r.get("task") in ("multilabel", "embedding"):
+        _print_task(r)
+    else:
+        print(f"top-1       {r['top1']:.2f}%")
+        print(f"top-5       {r['top5']:.2f}%")
+        print(f"loss        {r['loss']:.4f}")
     print(f"speed       {r['images_per_sec']:.0f} images/s on {r['device']}")
     print(f"written     {r['out']}")
 

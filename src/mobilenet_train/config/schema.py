@@ -69,6 +69,10 @@ class ModelConfig:
     init: str | None = key(None, "start from this checkpoint's weights (trained or mobilenet-import'ed, or timm "
                               "MobileNet v1 .safetensors / Hub folder; see +experiment=finetune); its architecture "
                               "is used", example="imported.pt")
+    embedding_dim: int = key(0, "task=embedding: size of the linear embedding head on the pooled features (0: the "
+                             "teacher's embedding size; equal to the pooled width: no head, the features "
+                             "themselves)", ge=0, le=65536, example=128)
+    l2_normalize: bool = key(False, "task=embedding: the network outputs unit-length embeddings (FaceNet's)")
 
 
 # ----------------------------------------------------------------------------- data
@@ -282,8 +286,17 @@ class DistillConfig:
                                          ".pth); never downloaded", example="resnet50.safetensors")
     alpha: float = key(0.5, "weight of the distillation loss; the label loss gets 1 - alpha (1: pure function "
                        "matching, labels unused)", ge=0, le=1, example=0.5)
-    temperature: float = key(1.0, "softmax temperature T of the KL loss (scaled by T^2, as timm's logit "
-                             "distillation)", gt=0, le=100, example=4.0)
+    temperature: float = key(1.0, "temperature T of the logits and attributes losses (scaled by T^2, as timm's "
+                             "logit distillation)", gt=0, le=100, example=4.0)
+    target: str = key("logits", "what the student learns from the teacher: logits (softmax KL; task=classification) "
+                      "| attributes (the sigmoid outputs of a multi-label teacher; task=multilabel) | embedding "
+                      "(squared L2 to the teacher's embedding; task=embedding)",
+                      choices=("logits", "attributes", "embedding"))
+    teacher_output: str | None = key(None, "distill.target=embedding: the teacher module whose output is the "
+                                        "embedding (e.g. a timm teacher's global_pool; pooled when spatial); null: "
+                                        "the layer before the classifier", example="global_pool")
+    normalize: bool = key(False, "distill.target=embedding: L2-normalise the teacher's and the student's embeddings "
+                          "before the squared distance (FaceNet's embeddings are unit vectors)")
 
 # ----------------------------------------------------------------------------- detection
 
@@ -333,6 +346,11 @@ class DetectionConfig:
 # ----------------------------------------------------------------------------- the whole config
 
 
+TASKS = ("classification", "detection", "multilabel", "embedding")
+# distill.target per task: what a teacher's output means for the student.
+DISTILL_TARGETS = {"classification": "logits", "multilabel": "attributes", "embedding": "embedding"}
+
+
 @dataclass
 class TrainConfig:
     """The top level of `mobilenet-train`'s config (configs/train.yaml)."""
@@ -344,9 +362,11 @@ class TrainConfig:
     trainer: TrainerConfig = section(TrainerConfig, "the training loop (trainer= options)")
     qat: QatConfig = section(QatConfig, "quantization-aware training (+experiment=qat)")
     distill: DistillConfig = section(DistillConfig, "knowledge distillation from a teacher (distill.teacher=...)")
-    task: str = key("classification", "classification (ImageNet, the paper's sections 4.1-4.5) | detection (SSD "
-                    "on the MobileNet backbone, section 4.6; see +experiment=ssd_coco)",
-                    choices=("classification", "detection"))
+    task: str = key("classification", "classification (ImageNet, the paper's sections 4.1-4.4) | detection (SSD "
+                    "on the MobileNet backbone, section 4.6; see +experiment=ssd_coco) | multilabel (one sigmoid per "
+                    "attribute, mean AP: section 4.5; see +experiment=attributes) | embedding (a vector per image "
+                    "learnt from a teacher's, retrieval and verification: section 4.7; see +experiment=embedding)",
+                    choices=TASKS)
     detection: DetectionConfig = section(DetectionConfig, "task=detection: the SSD detector")
     seed: int = key(0, "seed of everything: weights, sampling, augmentation (per sample), dropout", ge=0,
                     le=2**32 - 1, example=0)
@@ -367,6 +387,9 @@ class EvalOptions:
     """Keys of `mobilenet-eval` itself (everything else is a key of the checkpoint's config)."""
 
     use_ema: bool = key(False, "evaluate the checkpoint's EMA weights")
+    embedding: bool = key(False, "score a classifier's pooled features (the layer before its classifier) as an "
+                          "embedding: retrieval and verification on the labelled val split, as task=embedding "
+                          "checkpoints are scored")
     out: str | None = key(None, "where eval.json goes (default: beside the checkpoint)", example="eval.json")
     device: str = key("auto", "auto | cpu | cuda | cuda:N", example="cpu")
     amp: str = key("none", "autocast: none | bf16 | fp16 (CUDA)", choices=("none", "bf16", "fp16"))
@@ -611,5 +634,48 @@ def _auto_augment_name(cfg) -> None:
                         f"e.g. data.auto_augment=rand-m9-mstd0.5")
 
 
+MULTILABEL_DATA = ("attributes", "shapes_attr")
+
+
+def _task_data(cfg) -> None:
+    """Multi-label datasets feed task=multilabel, and only those do."""
+    task, name = cfg.get("task", "classification"), cfg.data.name
+    if task != "detection" and (name in MULTILABEL_DATA) != (task == "multilabel"):
+        fix = "task=multilabel" if name in MULTILABEL_DATA else "data=attributes (a label table) or data=shapes_attr"
+        raise UserError(f"data={name} does not fit task={task}: multi-label label tables go with task=multilabel; "
+                        f"use {fix}")
+
+
+def _task_training(cfg) -> None:
+    """What each task's loss needs: per-attribute sigmoids, a teacher for embeddings, hard labels for mixing."""
+    task, d = cfg.get("task", "classification"), cfg.get("distill")
+    if task == "multilabel":
+        if cfg.optim.loss != "bce":
+            raise UserError("task=multilabel trains one sigmoid per attribute: set optim.loss=bce")
+        for name in ("mixup", "cutmix"):
+            if cfg.data[name] > 0:
+                raise UserError(f"data.{name}={cfg.data[name]:g} mixes class labels, not attributes: set "
+                                f"data.{name}=0 for task=multilabel")
+    if task == "embedding" and not (d and d.teacher and d.target == "embedding" and d.alpha == 1):
+        raise UserError("task=embedding learns only from a teacher's embeddings: set distill.teacher=CKPT "
+                        "distill.target=embedding distill.alpha=1 (see +experiment=embedding)")
+    if task in ("multilabel", "embedding") and cfg.qat.enabled:
+        raise UserError(f"qat.enabled=true trains classifiers (task=classification), not task={task}: drop it")
+
+
+def _distill_target(cfg) -> None:
+    d, task = cfg.get("distill"), cfg.get("task", "classification")
+    if d is None:
+        return
+    want = DISTILL_TARGETS.get(task)
+    if d.teacher and d.target != want:
+        raise UserError(f"distill.target={d.target} does not fit task={task}: a {task} student learns from "
+                        f"distill.target={want}")
+    if (d.teacher_output or d.normalize) and d.target != "embedding":
+        name = "distill.teacher_output" if d.teacher_output else "distill.normalize"
+        raise UserError(f"{name} applies to distill.target=embedding only: drop it")
+
+
 CROSS_CHECKS: tuple[Callable, ...] = (_crop_ratio_ordered, _shards_format, _device_name, _resume_value,
-                                      _teacher_weights, _auto_augment_name, _qat_alone)
+                                      _teacher_weights, _auto_augment_name, _qat_alone, _task_data, _task_training,
+                                      _distill_target)

@@ -82,11 +82,10 @@ class Meter:
         self.epoch_wait += seconds
         self.window_wait += seconds
 
-    def add(self, loss: torch.Tensor, logits: torch.Tensor | None, y: torch.Tensor | None, n: int = 0) -> None:
-        """A micro-batch's loss and correct count (`logits` None: detection, `n` images, no accuracy)."""
-        n = y.shape[0] if y is not None else n
-        correct = (logits.detach().argmax(1) == y).sum().double() if logits is not None else loss.new_zeros(
-            (), dtype=torch.float64)
+    def add(self, loss: torch.Tensor, correct: torch.Tensor | None, n: int) -> None:
+        """A micro-batch's loss, its correct count (a device tensor; None: detection, no accuracy) and images."""
+        if correct is None:
+            correct = loss.new_zeros((), dtype=torch.float64)
         # new_full is a fill kernel on the device; torch.tensor(n, device=...) would be a blocking copy.
         stats = torch.stack([loss.detach().double() * n, correct, loss.new_full((), float(n), dtype=torch.float64)])
         self.window += stats
@@ -176,8 +175,9 @@ def _train_mode(parts: TrainParts) -> None:
 def _forward_backward(parts: TrainParts, images, targets, accum: int, meter: Meter, no_sync: bool) -> None:
     p, device = parts, parts.prep.device
     x = p.prep(images)
+    correct = None
     if p.forward_loss is not None:  # detection: the model computes its loss from the targets
-        logits = y = None
+        y = None
     else:
         y = targets.to(device, non_blocking=True)
         # Random erasing and mixup/cutmix on the device; `target` is soft when mixing (top-1 counts `y`).
@@ -190,17 +190,19 @@ def _forward_backward(parts: TrainParts, images, targets, accum: int, meter: Met
             else:
                 logits = p.train_model(x)
                 loss = training_loss(p, logits, x, target)
+                correct = p.correct(logits, y)
         p.scaler.scale(loss / accum).backward()
-    meter.add(loss, logits, y, n=x.shape[0])
+    meter.add(loss, correct, n=x.shape[0])
 
 
 def training_loss(parts: TrainParts, logits: torch.Tensor, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The label loss, or with a teacher the distillation loss mixed with it (on the same batch `x`)."""
+    """The label loss, or with a teacher the distillation loss mixed with it (on the same batch `x`);
+    `logits` are an embedding network's outputs for task=embedding."""
     d = parts.distill
     if d is None:
         return parts.loss_fn(logits, target)
     label_loss = None if d.alpha >= 1.0 else parts.loss_fn(logits, target)  # alpha 1: labels unused
-    return d.loss(logits, d.teacher_logits(x), label_loss)
+    return d.loss(logits, d.teacher_outputs(x), label_loss)
 
 
 def optimizer_step(parts: TrainParts, state: TrainState, grad_clip: float) -> None:

@@ -21,6 +21,15 @@ from ..errors import StorageError, writing
 log = logging.getLogger("mobilenet_train")
 
 
+# Per task: the score that picks best.pt, its console name, and the final metrics of the HParams summary.
+FINAL_SCORES = {
+    "classification": ("val_top1", "val top-1", ("val_top1", "val_top5")),
+    "detection": ("val_map", "val mAP", ("val_map", "val_map_50")),
+    "multilabel": ("val_map", "val mAP", ("val_map", "val_label_accuracy")),
+    "embedding": ("val_recall_at_1", "val recall@1", ("val_recall_at_1", "val_roc_auc")),
+}
+
+
 class RunLogger:
     """TensorBoard (`tb/`) and `metrics.jsonl` in the run dir on rank 0; console lines.
 
@@ -30,7 +39,10 @@ class RunLogger:
     def __init__(self, run_dir: Path, cfg: DictConfig, is_main: bool, progress: bool, resumed_epoch: int | None):
         self.metrics_path = run_dir / "metrics.jsonl"
         self.is_main, self.progress = is_main, progress
-        self.detection = cfg.get("task") == "detection"  # no top-1: the score is COCO mAP (val_map)
+        self.task = str(cfg.get("task") or "classification")
+        self.detection = self.task == "detection"  # no top-1: the score is COCO mAP (val_map)
+        # The running accuracy's name: top-1, or the share of known attributes right; none for embeddings.
+        self.train_acc = {"classification": "top-1", "multilabel": "label acc"}.get(self.task)
         self.tb_dir = run_dir / "tb"
         self.writer: SummaryWriter | None = None
         if is_main:
@@ -48,7 +60,7 @@ class RunLogger:
                 for k, v in metrics.items():
                     self.writer.add_scalar(f"train/{k}", v, step)
         if not self.progress and self.is_main:
-            top1 = "" if self.detection else f" top-1 {metrics['top1']:.2f}%"
+            top1 = f" {self.train_acc} {metrics['top1']:.2f}%" if self.train_acc else ""
             log.info("%s step %d: loss %.4f%s lr %.3g %.0f img/s data-wait %.0f%%", desc, step,
                      metrics["loss"], top1, metrics["lr"], metrics["images_per_sec"], 100 * metrics["data_wait_share"])
 
@@ -61,10 +73,16 @@ class RunLogger:
         append_line(self.metrics_path, json.dumps(metrics))
         val = (f", val loss {metrics['val_loss']:.4f} top-1 {metrics['val_top1']:.2f}% top-5 {metrics['val_top5']:.2f}%"
                if "val_top1" in metrics else "")
-        if "val_map" in metrics:  # task=detection
+        if "val_map_50" in metrics:  # task=detection
             val = f", val mAP {metrics['val_map']:.2f}% mAP@.5 {metrics['val_map_50']:.2f}%"
+        elif "val_label_accuracy" in metrics:  # task=multilabel
+            val = f", val loss {metrics['val_loss']:.4f} mAP {metrics['val_map']:.2f}% label acc " \
+                  f"{metrics['val_label_accuracy']:.2f}%"
+        elif "val_recall_at_1" in metrics:  # task=embedding
+            val = f", val recall@1 {metrics['val_recall_at_1']:.2f}% ROC-AUC {metrics['val_roc_auc']:.4f} " \
+                  f"TAR@FAR=1e-3 {metrics['val_tar_at_far_1e-3']:.2f}%"
         ema = f", EMA top-1 {metrics['val_ema_top1']:.2f}%" if "val_ema_top1" in metrics else ""
-        top1 = "" if self.detection else f" top-1 {metrics['train_top1']:.2f}%"
+        top1 = f" {self.train_acc} {metrics['train_top1']:.2f}%" if self.train_acc else ""
         log.info("%s: train loss %.4f%s%s%s, %.0f img/s, data-wait %.0f%%", desc, metrics["train_loss"], top1,
                  val, ema, metrics["images_per_sec"], 100 * metrics["data_wait_share"])
 
@@ -84,11 +102,8 @@ class RunLogger:
         if not self.is_main:
             return
         # state.best_val_top1 holds the task's score: val top-1, or val mAP for detection.
-        score, name = ("val_map", "val mAP") if self.detection else ("val_top1", "val top-1")
-        final = {"hparam/val_map": metrics.get("val_map", float("nan")),
-                 "hparam/val_map_50": metrics.get("val_map_50", float("nan"))} if self.detection else \
-            {"hparam/val_top1": metrics.get("val_top1", float("nan")),
-             "hparam/val_top5": metrics.get("val_top5", float("nan"))}
+        score, name, shown = FINAL_SCORES[self.task]
+        final = {f"hparam/{k}": metrics.get(k, float("nan")) for k in shown}
         with writing(self.tb_dir):
             self.writer.add_hparams(hparams, {**final, f"hparam/best_{score}": state.best_val_top1}, run_name=".",
                                     global_step=state.step)

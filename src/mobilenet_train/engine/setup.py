@@ -7,7 +7,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from ..data.mixing import build_batch_augment, mixing_active
 from ..detection.train import detection_loss
 from ..errors import UserError
 from ..optim import build_optimizer, build_scheduler
+from .tasks import MaskedBCE, correct_count
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -134,6 +135,8 @@ class TrainParts:
     distill: Any = None            # a distill.Distiller when distill.teacher is set
     batch_augment: Any = None      # data.mixing.BatchAugment: random erasing, mixup/cutmix on the device
     forward_loss: Callable | None = None  # task=detection: (train_model, x, targets) -> loss, the model's own
+    # (outputs, targets) -> the batch's correct count on the device (tasks.correct_count of the task)
+    correct: Callable = field(default_factory=lambda: correct_count("classification"))
     first_loss: float | None = None  # this process's first log window's loss: the exploding-loss reference
 
 
@@ -181,14 +184,15 @@ def build_parts(cfg: DictConfig, ctx: TrainContext, model: nn.Module, weights: d
     if not cfg.qat.enabled:  # QAT refuses freeze_backbone_epochs (config schema): no module tree to freeze
         finetune.set_backbone_frozen(model, frozen)
     train_model = training_wrapper(model, ctx.dist_info, device, bool(tcfg.compile), str(tcfg.compile_mode))
-    loss_fn = build_loss(cfg.optim, mixing_active(cfg.data))
+    loss_fn = MaskedBCE(float(cfg.optim.label_smoothing)) if cfg.task == "multilabel" else build_loss(
+        cfg.optim, mixing_active(cfg.data))
     prep = DevicePreprocess(cfg.data.normalization, device, bool(tcfg.channels_last))
     micro_batch = int(cfg.data.batch_size) // (ctx.dist_info.world_size * int(tcfg.accum_steps))
     batch_augment = build_batch_augment(cfg.data, int(cfg.model.num_classes), float(cfg.optim.label_smoothing),
                                         device, micro_batch)
     forward_loss = detection_loss if cfg.task == "detection" else None
     return TrainParts(model, train_model, optimizer, scheduler, scaler, loss_fn, prep, ctx.amp, ema, frozen, distill,
-                      batch_augment, forward_loss)
+                      batch_augment, forward_loss, correct_count(str(cfg.task)))
 
 
 def build_loss(optim_cfg, mixing: bool) -> nn.Module:

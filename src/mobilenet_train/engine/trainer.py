@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import signal
@@ -17,22 +18,23 @@ from ..complexity import format_count, measure_complexity
 from ..config import validate
 from ..data import DataBundle, build_data
 from ..data.coco import build_detection_data
-from ..detection.evaluate import evaluate_detection
 from ..detection.train import build_detector, detector_complexity
 from ..errors import TrainingDiverged, UserError
-from ..model import ModelArgs, build_model
+from ..model import MobileNetV1, ModelArgs
 from ..optim import scaled_lr
 from ..preemption import Preempted, StopRequest
 from .distill import build_distiller, teacher_metrics, teacher_record
-from .loop import TrainState, evaluate, train_one_epoch
+from .loop import TrainState, train_one_epoch
 from .resume import already_finished, restore, resume_checkpoint, resumed_state
 from .runlog import RunLogger
+from .scoring import evaluator
 from .setup import TrainContext, TrainParts, build_parts, start_process, training_wrapper
 
 log = logging.getLogger("mobilenet_train")
 
 # The validation metric that picks best.pt, per config `task`.
-SCORE_KEYS = {"classification": "val_top1", "detection": "val_map"}
+SCORE_KEYS = {"classification": "val_top1", "detection": "val_map", "multilabel": "val_map",
+              "embedding": "val_recall_at_1"}
 
 
 def fit(cfg: DictConfig, run_dir: str | Path) -> dict:
@@ -54,19 +56,22 @@ def _fit(cfg: DictConfig, run_dir: Path, stop: StopRequest) -> dict:
                         "drop it for CPU runs")
 
     init = finetune.load_init(cfg)  # model.init: its architecture, and below its weights
-    model, args, complexity = build_task_model(cfg)
+    # An embedding student's head is sized by its teacher's embedding, so that teacher comes first.
+    early = build_distiller(cfg, [], device, ctx.amp) if cfg.task == "embedding" else None
+    model, args, complexity = build_task_model(cfg, early)
     epochs, accum = int(tcfg.epochs), int(tcfg.accum_steps)  # ranges checked by the schema (fit's validate)
     ckpt_path, ckpt = resume_checkpoint(tcfg, run_dir, args, cfg)
     if ckpt is not None and ckpt["epoch"] >= epochs:
         return already_finished(ckpt, epochs, run_dir)
 
-    data: DataBundle = (build_detection_data if cfg.task == "detection" else build_data)(
-        cfg, args.resolution, dist_info.rank, dist_info.world_size, pin_memory=device.type == "cuda")
+    data: DataBundle = task_data(cfg)(cfg, args.resolution, dist_info.rank, dist_info.world_size,
+                                      pin_memory=device.type == "cuda")
     steps_per_epoch = len(data.train_loader) // accum
     if steps_per_epoch < 1:
         raise UserError(f"one epoch has fewer than trainer.accum_steps={accum} batches: lower it or data.batch_size")
 
-    distiller = build_distiller(cfg, data.classes, device, ctx.amp)  # a bad teacher stops here, before training
+    # A bad teacher stops here, before training.
+    distiller = early if early is not None else build_distiller(cfg, data.classes, device, ctx.amp)
     state = resumed_state(ckpt, dist_info, ckpt_path)
     parts = build_parts(cfg, ctx, model, ckpt["model"] if ckpt else None, init, state.epoch, epochs, steps_per_epoch,
                         distill=distiller, step=state.step, classes=data.classes)
@@ -92,13 +97,32 @@ def _fit(cfg: DictConfig, run_dir: Path, stop: StopRequest) -> dict:
     return metrics
 
 
-def build_task_model(cfg: DictConfig) -> tuple[torch.nn.Module, ModelArgs, dict]:
-    """The model of `cfg.task` (the classifier, or SSD on it), its args and its complexity."""
+def build_task_model(cfg: DictConfig, distiller=None) -> tuple[torch.nn.Module, ModelArgs, dict]:
+    """The model of `cfg.task` (the classifier, SSD on it, or an embedding network whose head is sized
+    by `distiller`'s teacher unless model.embedding_dim says), its args and its complexity."""
     if cfg.task == "detection":
         model, args = build_detector(cfg)
         return model, args, detector_complexity(model, args.resolution)
-    model, args = build_model(cfg.model)
+    args = ModelArgs.from_config(cfg.model)
+    if cfg.task == "embedding" and not args.embedding_dim:
+        args = dataclasses.replace(args, embedding_dim=distiller.embedding_dim(distiller_device(distiller)))
+    model = MobileNetV1(args)
     return model, args, measure_complexity(model, args.resolution)
+
+
+def distiller_device(distiller) -> torch.device:
+    return next(distiller.model.parameters()).device
+
+
+def task_data(cfg: DictConfig):
+    """The loader builder of `cfg.task`: COCO boxes, a label table, or class folders."""
+    if cfg.task == "detection":
+        return build_detection_data
+    if cfg.task == "multilabel":
+        from ..data import build_multilabel_data
+
+        return build_multilabel_data
+    return build_data
 
 
 def _announce(cfg: DictConfig, ctx: TrainContext, args: ModelArgs, complexity: dict, data: DataBundle,
@@ -198,24 +222,25 @@ class Trainer:
 
     def _evaluate(self) -> dict:
         p, n, progress = self.parts, self.state.epoch, self.ctx.progress
-        score = evaluate_detection if self.cfg.task == "detection" else evaluate
+        score = evaluator(self.cfg.task)
         val = score(p.model, self.data.val_loader, p.prep, p.amp, desc=f"val {n}", progress=progress)
         if not math.isfinite(val.get("loss", 0.0)):  # finite training loss, blown-up BN statistics
             raise TrainingDiverged(f"the validation loss became {val['loss']} after epoch {n}; stopped without "
                                    f"writing a checkpoint. Lower optim.lr, set trainer.grad_clip, or use "
                                    f"trainer.amp=none")
-        out = {f"val_{k}": v for k, v in val.items() if k != "images_per_sec"}
+        out = {f"val_{k}": v for k, v in val.items() if k != "images_per_sec" and not isinstance(v, list)}
         if p.ema is not None:
             val_ema = score(p.ema.module, self.data.val_loader, p.prep, p.amp, desc=f"val ema {n}",
                                progress=progress)
-            out.update({f"val_ema_{k}": v for k, v in val_ema.items() if k != "images_per_sec"})
+            out.update({f"val_ema_{k}": v for k, v in val_ema.items()
+                        if k != "images_per_sec" and not isinstance(v, list)})
         return out
 
     def _identity(self) -> dict:
         """Every metrics line names its model, data and planned length, so a report needs nothing
         else (mobilenet-report marks a run whose last epoch < epochs_total as still in progress)."""
         args = self.checkpointer.describe["args"]
-        return {"alpha": args.alpha, "resolution": args.resolution, "variant": args.variant,
+        return {"task": str(self.cfg.task), "alpha": args.alpha, "resolution": args.resolution, "variant": args.variant,
                 **self.checkpointer.describe["complexity"], "dataset": self.cfg.data.name, "epochs_total": self.epochs,
                 **teacher_metrics(self.checkpointer.describe["teacher"])}
 
