@@ -152,3 +152,19 @@ def test_tables_12_and_14_in_the_published_file():
         ("FaceNet", 83), ("1.0 MobileNet-160", 79.4), ("1.0 MobileNet-128", 78.3), ("0.75 MobileNet-128", 75.2),
         ("0.75 MobileNet-128", 72.5)]
     assert published.table12()["source"] == published.table14()["source"] == "paper"
+
+
+def test_a_run_with_only_checkpoints_goes_to_the_table_of_its_configs_task(tmp_path):
+    """A run dir without metrics.jsonl: the metrics best.pt holds, in the table of the config's task."""
+    import torch
+
+    from mobilenet_train.checkpoint import FORMAT, FORMAT_VERSION
+
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    ckpt_dir.mkdir(parents=True)
+    metrics = {k: v for k, v in attr_line(4, 64.5).items() if k != "task"}
+    torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "model": {}, "model_args": {},
+                "config": {"task": "multilabel"}, "metrics": metrics}, ckpt_dir / "best.pt")
+    results, task_results, skipped = find_all([str(tmp_path / "run")])
+    assert results == [] and skipped == []
+    assert [(r.task, r.score, r.epoch) for r in task_results] == [("multilabel", 64.5, 4)]

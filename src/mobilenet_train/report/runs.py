@@ -152,9 +152,13 @@ def _checkpoint_history(run_dir: Path) -> list[dict]:
         path = run_dir / "checkpoints" / name
         if path.is_file():
             try:
-                metrics = load_checkpoint(path).get("metrics") or {}
+                ckpt = load_checkpoint(path)
             except UserError as e:
                 raise Skip(str(e)) from None
+            metrics = dict(ckpt.get("metrics") or {})
+            task = (ckpt.get("config") or {}).get("task")
+            if metrics and task and "task" not in metrics:  # the table it belongs in
+                metrics["task"] = task
             return [metrics] if metrics else []
     return []
 
