@@ -4,7 +4,7 @@ and Figures 4/5 for your own runs, with the published numbers beside them.
 Finds every training run (a dir with metrics.jsonl, or only checkpoints/) and every
 mobilenet-eval result (eval.json) under the given paths and writes, each file atomically:
 
-    report.md                   the table (like the paper's Tables 6/7/14), skipped inputs, sources
+    report.md                   the table (like the paper's Tables 6/7), skipped inputs, sources
     report.csv                  the same rows, full precision
     accuracy_vs_mult_adds.png   Figure 4: top-1 against mult-adds (log x), one line per alpha
     accuracy_vs_params.png      Figure 5: top-1 against parameters (log x)
