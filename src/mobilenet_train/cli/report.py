@@ -58,8 +58,9 @@ def main(argv: list[str] | None = None) -> None:
     tables = [results_table(report.table) if report.table else [],
               attributes_table(report.task_tables["multilabel"]) if report.task_tables["multilabel"] else [],
               embeddings_table(report.task_tables["embedding"]) if report.task_tables["embedding"] else []]
-    print("\n\n".join("\n".join(t) for t in tables if t))
-    print(f"\n{report.count} result(s); written: " + ", ".join(str(p) for p in report.written))
+    if any(tables):
+        print("\n\n".join("\n".join(t) for t in tables if t) + "\n")
+    print(f"{report.count} result(s); written: " + ", ".join(str(p) for p in report.written))
 
 
 if __name__ == "__main__":
