@@ -83,3 +83,13 @@ def agreement(value_m: float, printed: float) -> str | None:
 def table13() -> dict:
     """The paper's Table 13 (COCO detection): its rows and the model of its MobileNet row."""
     return data()["table13"]
+
+
+def table12() -> dict:
+    """The paper's Table 12 (face attributes, distilled): its rows (mean AP, mult-adds, params) and what they are."""
+    return data()["table12"]
+
+
+def table14() -> dict:
+    """The paper's Table 14 (face embeddings matching FaceNet's): its rows ("1e-4 accuracy", mult-adds, params)."""
+    return data()["table14"]

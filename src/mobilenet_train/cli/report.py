@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Tables and accuracy-vs-cost plots (paper Tables 6/7, Figures 4/5) for training runs and "
-                    "eval.json results, beside the paper's and TF-slim's published numbers.",
+                    "eval.json results, beside the paper's and TF-slim's published numbers; multi-label, embedding "
+                    "and detection runs in their own tables beside the paper's Tables 12, 14 and 13.",
         epilog="examples: mobilenet-report multirun/paper_grid/2025-01-01_12-00-00 out=report; "
                "mobilenet-report outputs multirun out=report --tensorboard; mobilenet-report outputs tb=tb_sweep\n"
                + options_help(PROG),
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
                              "plus out=DIR (default: report) and tb=DIR")
     parser.add_argument("--tensorboard", action="store_true", help="also write every run's scalars to OUT/tb")
     ns = parser.parse_args(argv)
-    from ..report import LATENCY_OUTPUT, OUTPUTS, results_table, write_report
+    from ..report import attributes_table, embeddings_table, make_report, results_table
 
     try:
         paths, option_items = split_items(ns.items)
@@ -47,17 +48,19 @@ def main(argv: list[str] | None = None) -> None:
             raise UserError("no run or directory given (e.g. mobilenet-report multirun/ out=report)")
         out = Path(opts.out)
         tb = Path(opts.tb) if opts.tb else (out / "tb" if ns.tensorboard else None)
-        table, skipped = write_report(paths, out, tb)
+        report = make_report(paths, out, tb)
     except UserError as e:
         fail(PROG, e)
     except OSError as e:  # one the write sites did not translate (a directory made)
         fail(PROG, os_fault(e))
-    for s in skipped:
+    for s in report.skipped:
         print(f"{PROG}: skipped {s}", file=sys.stderr)
-    print("\n".join(results_table(table)))
-    written = [*OUTPUTS, *([LATENCY_OUTPUT] if any(r.get("latency_threads") for r in table) else [])]
-    print(f"\n{len(table)} result(s); written: " + ", ".join(str(out / f) for f in written)
-          + (f", {tb}" if tb is not None else ""))
+    tables = [results_table(report.table) if report.table else [],
+              attributes_table(report.task_tables["multilabel"]) if report.task_tables["multilabel"] else [],
+              embeddings_table(report.task_tables["embedding"]) if report.task_tables["embedding"] else []]
+    if any(tables):
+        print("\n\n".join("\n".join(t) for t in tables if t) + "\n")
+    print(f"{report.count} result(s); written: " + ", ".join(str(p) for p in report.written))
 
 
 if __name__ == "__main__":

@@ -15,8 +15,9 @@ def is_detection(kind: str, target: Path) -> bool:
         if kind == "eval":
             return json.loads(target.read_text(errors="replace")).get("task") == "detection"
         path = target / "metrics.jsonl"
-        first = path.read_text(errors="replace").splitlines()[0] if path.is_file() else ""
-        return "val_map" in json.loads(first) if first else False
+        first = json.loads(path.read_text(errors="replace").splitlines()[0]) if path.is_file() else {}
+        # task=multilabel runs log a val_map too; they name their task, detection runs may not
+        return first.get("task", "detection" if "val_map" in first else None) == "detection"
     except (OSError, json.JSONDecodeError, AttributeError, IndexError):
         return False
 
