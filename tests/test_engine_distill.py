@@ -70,7 +70,7 @@ def test_distilled_run_records_its_teacher(teacher_ckpt, tmp_path):
     top1 = load_checkpoint(teacher_ckpt)["metrics"]["val_top1"]
     record = load_checkpoint(run / "checkpoints" / "last.pt")["teacher"]
     assert record == {"path": str(teacher_ckpt), "sha256": sha, "val_top1": top1, "num_classes": 10,
-                      "kind": "checkpoint", "alpha": 0.25, "temperature": 2.0}
+                      "kind": "checkpoint", "alpha": 0.25, "temperature": 2.0, "target": "logits"}
     line = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert (line["teacher"], line["teacher_sha256"], line["teacher_val_top1"]) == (str(teacher_ckpt), sha, top1)
     assert (line["distill_alpha"], line["distill_temperature"]) == (0.25, 2.0)
