@@ -232,3 +232,17 @@ def test_shapes_attr_trains_through_the_loaders(compose):
                   "distill.teacher=t.pt", "distill.alpha=1")
     data = build_multilabel_data(cfg, 32)
     assert len(data.train_loader.dataset) == 10 and data.train_loader.dataset.targets.isnan().all()
+
+
+def test_encoded_files_for_gpu_decode_keep_their_labels(tmp_path):
+    """data.decode=gpu: workers read the files only; GpuDecode (here with the CPU decoder) decodes the batch."""
+    from mobilenet_train.data import FastRandomResizedCrop, GpuDecode, build_loader
+
+    folder = images(tmp_path, "a.jpg", "b.jpg", "c.jpg")
+    targets = torch.tensor([[1.0, 0.0], [NAN, 1.0], [0.0, 0.0]])
+    dataset = AttributeImages([str(folder / n) for n in ("a.jpg", "b.jpg", "c.jpg")], targets, ["p", "q"],
+                              FastRandomResizedCrop(32, (0.5, 1.0)), encoded=True)
+    loader = build_loader(dataset, 3, False, 0, 0, gpu_decode=GpuDecode(dataset.transform, torch.device("cpu")))
+    (images_, got), = list(loader)
+    assert images_.shape == (3, 3, 32, 32) and images_.dtype == torch.uint8
+    torch.testing.assert_close(got, targets, equal_nan=True)
