@@ -107,7 +107,7 @@ def _csv_rows(path: Path, lines: list[str]):
                         f"header with file (file,attr1,attr2,...)")
     names = _names(path, header[1:])
     reader = csv.reader(lines[1:])
-    return names, CSV_VALUES, ((reader.line_num + 1, row) for row in reader if row)
+    return names, CSV_VALUES, ((reader.line_num + 1, [cell.strip() for cell in row]) for row in reader if row)
 
 
 def _celeba_rows(path: Path, lines: list[str]):
@@ -125,14 +125,14 @@ class _Files:
     """Does an image exist? One directory listing per directory, not one stat per row."""
 
     def __init__(self, base: Path):
-        self.base, self.listed = base, {}
+        self.base, self.listed = str(base), {}
 
     def __call__(self, name: str) -> bool:
-        path = self.base / name
-        parent = str(path.parent)
+        # Strings, not pathlib: a table can hold hundreds of thousands of rows.
+        parent, leaf = os.path.split(os.path.join(self.base, name))
         if parent not in self.listed:
             self.listed[parent] = set(os.listdir(parent)) if os.path.isdir(parent) else set()
-        return path.name in self.listed[parent]
+        return leaf in self.listed[parent]
 
 
 def _parse(fields: list[str], names: list[str], values: dict, exists, seen: dict) -> list[float]:
@@ -140,11 +140,11 @@ def _parse(fields: list[str], names: list[str], values: dict, exists, seen: dict
         raise BadRow(f"{len(fields)} fields, expected {len(names) + 1} (the file and {len(names)} attributes)")
     name = fields[0]
     try:
-        row = [values[cell.strip()] for cell in fields[1:]]
+        row = [values[cell] for cell in fields[1:]]
     except KeyError:
-        column, cell = next((n, c) for n, c in zip(names, fields[1:]) if c.strip() not in values)
+        column, cell = next((n, c) for n, c in zip(names, fields[1:]) if c not in values)
         allowed = ", ".join(repr(v) for v in values)
-        raise BadRow(f"{column}={cell.strip()!r} is not one of {allowed}") from None
+        raise BadRow(f"{column}={cell!r} is not one of {allowed}") from None
     if name in seen:
         raise BadRow(f"{name} is listed again (first on line {seen[name]})")
     if not exists(name):
@@ -168,9 +168,8 @@ def read_table(path: Path, image_dir: Path, keep: set[str] | None = None) -> Lab
     else:
         raise UserError(f"{path}: the first line ({first[:40]!r}) is neither a CSV header (file,attr1,...) nor "
                         f"CelebA's image count (an integer); {TABLE_HINT}")
-    table, exists, seen, targets = LabelTable(path, names), _Files(image_dir), {}, []
-    for number, fields in rows:
-        fields = [f.strip() for f in fields]
+    table, exists, seen, targets, base = LabelTable(path, names), _Files(image_dir), {}, [], str(image_dir)
+    for number, fields in rows:  # stripped fields
         if keep is not None and fields[0] not in keep:
             continue
         table.rows += 1
@@ -180,7 +179,7 @@ def read_table(path: Path, image_dir: Path, keep: set[str] | None = None) -> Lab
             table.bad.append((number, str(e)))
             continue
         seen[fields[0]] = number
-        table.files.append(str(image_dir / fields[0]))
+        table.files.append(os.path.join(base, fields[0]))
     table.targets = torch.tensor(targets, dtype=torch.float32).reshape(len(targets), len(names))
     return table
 
