@@ -108,12 +108,26 @@ class ShapesDetConfig:
 
 
 @dataclass
+class ShapesAttrConfig:
+    seed: int = key(0, "data=shapes_attr: generator seed (the dataset is a pure function of these keys)", ge=0)
+    image_size: int = key(64, "data=shapes_attr: side of the generated JPEGs in pixels", ge=32, le=1024, example=64)
+    train_images: int = key(2000, "data=shapes_attr: labelled training images (train/, a few cells left empty)",
+                            ge=1, example=2000)
+    unlabelled_images: int = key(6000, "data=shapes_attr: images without labels (unlabelled/: distillation)", ge=1,
+                                 example=6000)
+    val_images: int = key(500, "data=shapes_attr: labelled validation images (val/, complete)", ge=1, example=500)
+
+
+@dataclass
 class DataConfig:
     name: str = key("imagenet", "dataset kind (set by the data= option)",
-                    choices=("imagenet", "imagenet_shards", "shapes", "fake", "coco", "shapes_det"))
+                    choices=("imagenet", "imagenet_shards", "shapes", "fake", "coco", "shapes_det", "attributes",
+                             "shapes_attr"))
     root: str | None = key(None, "dataset root: ROOT/train/<class>/*.JPEG, ROOT/val/<class>/*.JPEG (shards: "
-                              "ROOT/index.json); data=shapes generates it when null", example="/datasets/imagenet")
-    num_classes: int = key(1000, "classes in the dataset (checked against the class directories)", ge=1,
+                              "ROOT/index.json); data=shapes, shapes_det, shapes_attr generate it when null",
+                           example="/datasets/imagenet")
+    num_classes: int = key(1000, "classes in the dataset (checked against the class directories; multi-label data: "
+                           "the attributes)", ge=1,
                            example=1000)
     batch_size: int = key(256, "GLOBAL batch per optimizer step (all processes, all accumulation steps)", ge=1,
                           example=256)
@@ -142,6 +156,13 @@ class DataConfig:
                                ge=0, le=1, example=0.001)
     train_split: str = key("train", "training split directory under root", example="train")
     val_split: str = key("val", "validation split directory under root", example="val")
+    labels: str = key("labels.csv", "multi-label data: the label table of a split, ROOT/<split>/<labels> (CSV "
+                      "file,attr1,... with 0/1, or CelebA's list_attr_celeba.txt layout)", example="labels.csv")
+    partition: str | None = key(None, "multi-label data: one table ROOT/<labels> for all splits, split by this "
+                                   "file (CelebA's list_eval_partition.txt: file 0|1|2 = train|val|test); null: "
+                                   "a table per split", example="list_eval_partition.txt")
+    image_dir: str | None = key(None, "multi-label data with data.partition: the images' directory under ROOT "
+                                   "(null: ROOT itself)", example="img_align_celeba")
     shuffle_buffer: int = key(2000, "shards: samples held per loader worker for the in-stream shuffle", ge=1,
                               example=2000)
     auto_augment: str | None = key(None, "per-image augmentation in the loader workers, after crop and flip: a timm "
@@ -166,6 +187,8 @@ class DataConfig:
     generate: ShapesConfig = section(ShapesConfig, "data=shapes: how the embedded dataset is generated")
     shapes_det: ShapesDetConfig = section(ShapesDetConfig, "data=shapes_det: how the embedded detection dataset "
                                           "is generated")
+    shapes_attr: ShapesAttrConfig = section(ShapesAttrConfig, "data=shapes_attr: how the embedded multi-label "
+                                            "dataset is generated")
 
 
 # ----------------------------------------------------------------------------- optimizer, schedule

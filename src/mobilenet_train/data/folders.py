@@ -1,7 +1,8 @@
 """Datasets on disk in ImageFolder layout (ROOT/<split>/<class>/<image>), and `fake` images.
 
-`data.root` is resolved here: `shapes` (the embedded dataset, shapes.py) is generated on
-first use; `imagenet` and `imagenet_shards` point at a directory.
+`data.root` is resolved here: `shapes` and `shapes_attr` (the embedded datasets, shapes.py,
+shapes_attr.py) are generated on first use; `imagenet`, `imagenet_shards` and `attributes` point at
+a directory.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from torch.utils.data import Dataset
 from torchvision import datasets
 
 from ..errors import UserError
-from . import shapes
+from . import shapes, shapes_attr
 from .decode import read_encoded
 from .samples import Sample, load_with_replacement
 
@@ -77,12 +78,17 @@ def is_shards(data_cfg) -> bool:
 
 
 def resolve_root(data_cfg) -> Path:
-    """The dataset directory; for `shapes`, generated on first use."""
+    """The dataset directory; for `shapes` and `shapes_attr`, generated on first use."""
     if data_cfg.name == "shapes":
         gen = data_cfg.generate
         root = Path(data_cfg.root).expanduser() if data_cfg.root else shapes.default_root(
             gen.seed, gen.image_size, gen.train_per_class, gen.val_per_class)
         return shapes.generate(root, gen.seed, gen.image_size, gen.train_per_class, gen.val_per_class)
+    if data_cfg.name == "shapes_attr":
+        g = data_cfg.shapes_attr
+        sizes = (g.seed, g.image_size, g.train_images, g.unlabelled_images, g.val_images)
+        root = Path(data_cfg.root).expanduser() if data_cfg.root else shapes_attr.default_root(*sizes)
+        return shapes_attr.generate(root, *sizes)
     if not data_cfg.root:
         what = "SHARDS (written by mobilenet-data pack)" if is_shards(data_cfg) else f"/path/to/{data_cfg.name}"
         raise UserError(f"data.root is not set: pass data.root={what} "

@@ -149,6 +149,16 @@ def per_process_batch(global_batch: int, world_size: int, accum_steps: int, what
     return global_batch // parts
 
 
+def run_loader(cfg, dataset: Dataset, batch: int, train: bool, rank: int = 0, world_size: int = 1,
+               pin_memory: bool = False) -> ImageLoader:
+    """build_loader with the run's workers, seed, data.max_bad_share and data.decode."""
+    data_cfg = cfg.data
+    gpu = decode_mode(data_cfg) == "gpu" and data_cfg.name != "fake"
+    decoder = GpuDecode(dataset.transform, torch.device("cuda", torch.cuda.current_device())) if gpu else None
+    return build_loader(dataset, batch, train, int(data_cfg.num_workers), cfg.seed, rank, world_size, pin_memory,
+                        float(data_cfg.max_bad_share), decoder)
+
+
 def build_data(cfg, resolution: int, rank: int = 0, world_size: int = 1, pin_memory: bool = False,
                train: bool = True) -> DataBundle:
     """Train and val loaders for `cfg.data`; `train=False` builds only the val side (eval)."""
@@ -161,14 +171,9 @@ def build_data(cfg, resolution: int, rank: int = 0, world_size: int = 1, pin_mem
                 check_split(root, split)
             else:
                 split_dir(root, split)  # report a missing split before anything is read
-    max_bad = float(data_cfg.max_bad_share)
-    gpu = decode_mode(data_cfg) == "gpu" and data_cfg.name != "fake"
-    device = torch.device("cuda", torch.cuda.current_device()) if gpu else None
 
     def loader(dataset, batch, is_train):
-        decoder = GpuDecode(dataset.transform, device) if gpu else None
-        return build_loader(dataset, batch, is_train, int(data_cfg.num_workers), cfg.seed, rank, world_size,
-                            pin_memory, max_bad, decoder)
+        return run_loader(cfg, dataset, batch, is_train, rank, world_size, pin_memory)
 
     val_set = build_dataset(data_cfg, resolution, data_cfg.val_split, train=False, root=root)
     classes = check_classes(val_set, num_classes, f"{data_cfg.val_split} split of data.root={root}")

@@ -61,9 +61,16 @@ class Batch:
         return self
 
 
+def collate_targets(samples: list) -> torch.Tensor:
+    """Class indices -> int64 [N]; per-sample tensors (multi-label rows, NaN where missing) -> float32 [N, A]."""
+    if isinstance(samples[0][1], torch.Tensor):
+        return torch.stack([torch.as_tensor(s[1], dtype=torch.float32) for s in samples])
+    return torch.tensor([int(s[1]) for s in samples], dtype=torch.int64)
+
+
 def collate(samples: list) -> Batch:
     """Stack uint8 images straight into (worker shared) memory as NHWC: one copy, channels_last."""
-    targets = torch.tensor([int(s[1]) for s in samples], dtype=torch.int64)
+    targets = collate_targets(samples)
     bad = [b for s in samples for b in getattr(s, "bad", ())]
     first = samples[0][0]
     if first.dim() == 1:  # encoded files for data.decode=gpu
@@ -117,4 +124,5 @@ def load_with_replacement(dataset, index: int) -> Sample:
             bad.append((dataset.describe(index), describe_error(e) + tries))
             index = (index * 7919 + 104729 + attempt) % n  # another sample, the same in every run
     blank = torch.zeros(0, dtype=torch.uint8) if dataset.encoded else blank_like(dataset.transform)
-    return (EncodedSample if dataset.encoded else Sample)(blank, 0, bad)
+    # A multi-label dataset's blank carries no labels (all NaN: nothing to learn from it).
+    return (EncodedSample if dataset.encoded else Sample)(blank, getattr(dataset, "blank_target", 0), bad)

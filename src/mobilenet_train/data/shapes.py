@@ -85,6 +85,13 @@ def _shape_mask(name: str, size: int, rng: random.Random) -> Image.Image:
     cx = rng.uniform(r * 0.8, big - r * 0.8)
     cy = rng.uniform(r * 0.8, big - r * 0.8)
     angle = rng.uniform(0, 2 * math.pi)
+    draw_shape(draw, name, cx, cy, r, angle, rng)
+    return mask.resize((size, size), Image.BILINEAR)
+
+
+def draw_shape(draw: ImageDraw.ImageDraw, name: str, cx: float, cy: float, r: float, angle: float,
+               rng: random.Random) -> None:
+    """Fill shape `name` of radius about `r` centred on (cx, cy), rotated by `angle`, in white."""
     poly = _outline(name, r)
     if poly is not None:
         c, s = math.cos(angle), math.sin(angle)
@@ -102,7 +109,6 @@ def _shape_mask(name: str, size: int, rng: random.Random) -> Image.Image:
         draw.ellipse((ox - r * 0.9, oy - r * 0.9, ox + r * 0.9, oy + r * 0.9), fill=0)
     else:
         raise ValueError(f"unknown shape {name}")
-    return mask.resize((size, size), Image.BILINEAR)
 
 
 def _random_colour(rng: random.Random) -> tuple[int, int, int]:

@@ -128,9 +128,10 @@ def generated_images(n: int, ckpt: dict, seed: int = 0, data=None) -> torch.Tens
 
 
 def checkpoint_images(ckpt: dict, split: str = "val", data=None) -> list[Path]:
-    """Image files of the checkpoint's own dataset (a split of data.root, or `shapes` regenerated); [] if none."""
+    """Image files of the checkpoint's own dataset (a split of data.root, or `shapes`, `shapes_attr` regenerated);
+    [] if none."""
     data = _data(ckpt, data)
-    if data.name == "fake" or (data.name != "shapes" and not data.root):
+    if data.name == "fake" or (data.name not in ("shapes", "shapes_attr") and not data.root):
         return []
     try:
         root = resolve_root(data)
