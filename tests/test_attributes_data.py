@@ -35,8 +35,12 @@ def images(folder, *names):
     return folder
 
 
+MULTILABEL = ["task=multilabel", "optim.loss=bce", "distill.target=attributes"]
+
+
 def attributes_config(compose, root, *extra):
-    return compose(*TINY_FOLDER, "data=attributes", f"data.root={root}", "data.num_classes=3", "data.batch_size=2",
+    return compose(*TINY_FOLDER, *MULTILABEL, "data=attributes", f"data.root={root}", "data.num_classes=3",
+                   "data.batch_size=2",
                    "data.eval_batch_size=4", "data.num_workers=0", *extra)
 
 
@@ -220,7 +224,7 @@ def test_shapes_attr_is_deterministic_and_labelled_by_construction(tmp_path):
 def test_shapes_attr_trains_through_the_loaders(compose):
     sizes = ["data.shapes_attr.image_size=40", "data.shapes_attr.train_images=12",
              "data.shapes_attr.unlabelled_images=10", "data.shapes_attr.val_images=6"]
-    cfg = compose(*TINY_FOLDER, "data=shapes_attr", *sizes, "data.batch_size=4", "data.num_workers=1")
+    cfg = compose(*TINY_FOLDER, *MULTILABEL, "data=shapes_attr", *sizes, "data.batch_size=4", "data.num_workers=1")
     data = build_multilabel_data(cfg, 32)
     assert data.classes == list(shapes_attr.ATTRIBUTES) and cfg.model.num_classes == 16
     nans = 0
@@ -228,7 +232,8 @@ def test_shapes_attr_trains_through_the_loaders(compose):
         assert images_.shape == (4, 3, 32, 32) and targets.shape == (4, 16) and targets.dtype == torch.float32
         nans += int(targets.isnan().sum())
     assert nans == int(data.train_loader.dataset.targets.isnan().sum())  # every sample once
-    cfg = compose(*TINY_FOLDER, "data=shapes_attr", *sizes, "data.batch_size=5", "data.train_split=unlabelled",
+    cfg = compose(*TINY_FOLDER, *MULTILABEL, "data=shapes_attr", *sizes, "data.batch_size=5",
+                  "data.train_split=unlabelled",
                   "distill.teacher=t.pt", "distill.alpha=1")
     data = build_multilabel_data(cfg, 32)
     assert len(data.train_loader.dataset) == 10 and data.train_loader.dataset.targets.isnan().all()
