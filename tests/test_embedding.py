@@ -14,7 +14,7 @@ from helpers import fit_in_process
 from mobilenet_train.checkpoint import load_checkpoint, model_from_checkpoint
 from mobilenet_train.deploy.export import export
 from mobilenet_train.engine.trainer import SCORE_KEYS
-from mobilenet_train.evaluation import evaluate_checkpoint
+from mobilenet_train.evaluation import evaluate_checkpoint, evaluate_file
 
 STUDENT = ["task=embedding", "distill.target=embedding", "distill.alpha=1", "model.alpha=0.25",
            "distill.normalize=true", "model.l2_normalize=true"]
@@ -79,7 +79,7 @@ def test_a_classifiers_pooled_features_are_scored_with_embedding_true(runs, tmp_
     assert result["roc_auc"] == pytest.approx(expected["roc_auc"], abs=1e-6)
 
 
-def test_onnx_export_outputs_the_embedding(runs, tmp_path):
+def test_onnx_export_outputs_the_embedding_and_scores_as_the_checkpoint(runs, tmp_path):
     import onnxruntime as ort
 
     root, _ = runs
@@ -95,3 +95,9 @@ def test_onnx_export_outputs_the_embedding(runs, tmp_path):
     assert got.shape == (2, 512)
     assert torch.allclose(torch.from_numpy(got), expected, atol=1e-5)
     assert torch.allclose(torch.from_numpy(got).norm(dim=1), torch.ones(2), atol=1e-5)  # model.l2_normalize
+
+    from_file = evaluate_file(str(out), [f"out={tmp_path / 'file.json'}"])
+    from_ckpt = evaluate_checkpoint(str(ckpt_path), [f"out={tmp_path / 'ckpt.json'}", "device=cpu"])
+    assert from_file["task"] == "embedding" and from_file["embedding_dim"] == 512
+    for key in ("recall_at_1", "roc_auc", "num_pairs_positive"):
+        assert from_file[key] == pytest.approx(from_ckpt[key], abs=1e-4)

@@ -64,6 +64,7 @@ def test_tar_at_far_and_balanced_accuracy():
     same = torch.tensor([True, True, False, False])
     assert metrics.best_balanced_accuracy(torch.tensor([0.9, 0.8, 0.7, 0.1]), same) == 1.0
     assert metrics.best_balanced_accuracy(torch.tensor([0.1, 0.2, 0.7, 0.9]), same) == 0.5
+    assert metrics.best_balanced_accuracy(torch.ones(4), same) == 0.5  # all tied: no threshold tells them apart
 
 
 def test_recall_at_k_on_known_neighbours():

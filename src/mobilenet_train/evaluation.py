@@ -17,13 +17,13 @@ from .checkpoint import atomic_write_json, load_checkpoint, model_from_checkpoin
 from .complexity import measure_complexity
 from .config import apply_overrides, parse_options, parse_overrides, typed_config
 from .config.schema import EvalOptions
-from .data import DataBundle, DevicePreprocess, eval_loader, resolve_root
+from .data import DevicePreprocess
 from .data.coco import build_detection_data
 from .detection.evaluate import evaluate_detection
 from .detection.model import detector_from_args
 from .detection.train import detector_complexity
 from .engine import autocast_dtype, progress_enabled, resolve_device
-from .engine.scoring import PooledFeatures, evaluator
+from .engine.scoring import PooledFeatures, embedding_data, evaluator
 from .engine.trainer import task_data
 from .errors import UserError
 from .model import MobileNetV1, ModelArgs
@@ -105,7 +105,7 @@ def evaluate_checkpoint(ckpt_path: str, items: list[str]) -> dict:
         model = PooledFeatures(model)  # embedding=true: a classifier's pooled features
     resolution = int(cfg.model.resolution)
     complexity = measure_complexity(MobileNetV1(args), resolution)
-    data = _embedding_data(cfg, resolution) if task == "embedding" else task_data(cfg)(
+    data = embedding_data(cfg, resolution) if task == "embedding" else task_data(cfg)(
         cfg, resolution, train=False, pin_memory=device.type == "cuda")
     if task != "embedding" and ckpt.get("classes") and list(ckpt["classes"]) != data.classes:
         raise UserError(f"the evaluation data's classes differ from the checkpoint's ({len(data.classes)} vs "
@@ -133,13 +133,6 @@ def evaluate_checkpoint(ckpt_path: str, items: list[str]) -> dict:
     out = Path(opts.out) if opts.out else Path(ckpt_path).with_name("eval.json")
     atomic_write_json(out, result)
     return {**result, "out": str(out)}
-
-
-def _embedding_data(cfg: DictConfig, resolution: int) -> DataBundle:
-    """The labelled val split an embedding is scored on: any classes (identities), any number of them."""
-    loader, classes = eval_loader(cfg.data, resolution, resolve_root(cfg.data), str(cfg.data.val_split),
-                                  int(cfg.data.eval_batch_size), int(cfg.data.num_workers))
-    return DataBundle(None, loader, classes)
 
 
 def _eval_task(cfg: DictConfig, args: ModelArgs, opts: DictConfig) -> str:

@@ -81,12 +81,15 @@ def tar_at_far(positive: torch.Tensor, negative: torch.Tensor, far: float) -> fl
 
 
 def best_balanced_accuracy(scores: torch.Tensor, same: torch.Tensor) -> float:
-    """max over thresholds of (TAR + TRR) / 2: verification accuracy, whatever the pair mix."""
-    order = torch.argsort(scores.double(), descending=True)
+    """max over thresholds of (TAR + TRR) / 2: verification accuracy, whatever the pair mix (tied
+    scores are accepted or refused together)."""
+    s, order = torch.sort(scores.double(), descending=True, stable=True)
     y = same.bool()[order].double()
     tpr = torch.cumsum(y, 0) / max(float(y.sum()), 1.0)
     fpr = torch.cumsum(1 - y, 0) / max(float((1 - y).sum()), 1.0)
-    return float(torch.cat([torch.tensor([0.5], dtype=torch.float64), (tpr + 1 - fpr) / 2]).max())
+    last = torch.ones_like(s, dtype=torch.bool)
+    last[:-1] = s[1:] != s[:-1]
+    return float(torch.cat([torch.tensor([0.5], dtype=torch.float64), ((tpr + 1 - fpr) / 2)[last]]).max())
 
 
 def verification_pairs(labels: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,8 +24,10 @@ from ..checkpoint import atomic_write_json
 from ..complexity import measure_complexity
 from ..config import apply_overrides, compose, resolved, typed_config
 from ..config.compose import set_value
-from ..data import DevicePreprocess, build_data
-from ..engine import evaluate, progress_enabled
+from ..data import DevicePreprocess
+from ..engine import progress_enabled
+from ..engine.scoring import embedding_data, evaluator
+from ..engine.trainer import task_data
 from ..errors import UserError
 from ..model import MobileNetV1, ModelArgs
 from . import formats
@@ -166,19 +168,24 @@ def score_file(file: str, opts, rest: list[str]) -> dict:
     cfg = file_config(meta, rest)
     out = _out_path(path, opts.out)
     resolution = int(meta["model_args"]["resolution"])
-    data = build_data(cfg, resolution, train=False)
+    # An embedding network's file outputs the embedding; a multi-label one the attribute logits.
+    task = "embedding" if meta["model_args"].get("embedding_dim") else str(cfg.task)
+    data = embedding_data(cfg, resolution) if task == "embedding" else task_data(cfg)(cfg, resolution, train=False)
     classes = meta.get("classes")
-    if classes and list(classes) != data.classes:
+    if task != "embedding" and classes and list(classes) != data.classes:
         raise UserError(f"the evaluation data's classes differ from the file's ({len(data.classes)} vs "
                         f"{len(classes)} classes, e.g. '{data.classes[0]}' vs '{classes[0]}'): point data.root "
                         f"at the dataset the model was trained on")
     model = RuntimeModel(formats.runner(fmt, path, int(opts.threads)), info["drop_background"], info["nhwc"],
                          info["probabilities"])
     prep = DevicePreprocess(cfg.data.normalization, torch.device("cpu"), channels_last=False)
-    metrics = evaluate(model, data.val_loader, prep, desc="eval", progress=progress_enabled(opts.progress))
+    metrics = evaluator(task)(model, data.val_loader, prep, desc="eval", progress=progress_enabled(opts.progress))
+    if task == "multilabel":
+        metrics["ap_per_attribute"] = dict(zip(data.classes, metrics["ap_per_attribute"], strict=True))
     args = meta["model_args"]
     result = {
-        **metrics, **measure_complexity(info["model"], resolution),
+        **metrics, **measure_complexity(info["model"], resolution), **({"task": task} if task != "classification"
+                                                                       else {}),
         "file": str(path.resolve()), "format": fmt, "runtime": RUNTIMES[fmt], "quantization": info["quantization"],
         "checkpoint": meta.get("checkpoint"), "alpha": args["alpha"], "resolution": resolution,
         "variant": args.get("variant", "separable"), "use_ema": False, "dataset": cfg.data.name,

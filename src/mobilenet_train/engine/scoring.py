@@ -13,7 +13,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .. import distributed, metrics
-from ..data import DevicePreprocess
+from ..data import DataBundle, DevicePreprocess, eval_loader, resolve_root
 from ..errors import UserError
 from .loop import evaluate
 from .setup import autocast
@@ -83,3 +83,10 @@ def evaluator(task: str) -> Callable:
 
         return evaluate_detection
     return {"multilabel": evaluate_multilabel, "embedding": evaluate_embedding}.get(task, evaluate)
+
+
+def embedding_data(cfg, resolution: int) -> DataBundle:
+    """The labelled val split an embedding is scored on: any classes (identities), any number of them."""
+    loader, classes = eval_loader(cfg.data, resolution, resolve_root(cfg.data), str(cfg.data.val_split),
+                                  int(cfg.data.eval_batch_size), int(cfg.data.num_workers))
+    return DataBundle(None, loader, classes)
