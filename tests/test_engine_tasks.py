@@ -128,3 +128,28 @@ def test_task_rules_refuse_with_one_line(overrides, needle):
     with pytest.raises(UserError) as e:
         validate(job_config(*overrides))
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_timm_teacher_lends_its_pre_logits_or_a_named_output(tmp_path):
+    import timm
+    from helpers import save_safetensors
+    from omegaconf import OmegaConf
+
+    from mobilenet_train.engine.distill import load_teacher
+
+    torch.manual_seed(0)
+    model = timm.create_model("resnet10t", pretrained=False, num_classes=7).eval()
+    weights = save_safetensors(model, tmp_path / "resnet10t.safetensors")
+    spec = {"teacher": "timm:resnet10t", "teacher_weights": str(weights), "target": "embedding",
+            "teacher_output": None, "normalize": False}
+    loaded = load_teacher(OmegaConf.create(spec), ["a", "b"])  # any classes: its own 7 are kept
+    assert loaded.model.num_classes == 7
+    x = torch.randn(2, 3, 64, 64)
+    d = Distiller(loaded, 1.0, 1.0, "imagenet", 64, torch.device("cpu"), False, None, target="embedding")
+    with torch.no_grad():
+        expected = model.forward_head(model.forward_features(x), pre_logits=True)
+        assert torch.allclose(EmbeddingOf(loaded.model, None, "timm:resnet10t")(x), expected, atol=1e-5)
+        assert d.teacher_outputs(x).shape == expected.shape == (2, 512)  # (at the teacher's input size)
+        assert d.embedding_dim(torch.device("cpu")) == 512
+        pooled = EmbeddingOf(loaded.model, "layer3", "timm:resnet10t")(x)
+        assert pooled.shape == (2, 256)

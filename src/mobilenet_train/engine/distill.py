@@ -108,10 +108,10 @@ def _toolkit_teacher(path: Path, classes: list[str] | None, target: str = "logit
         path = Path(ckpt["import"]["sources"][0])  # the weights file of a Hub folder
     model, args = model_from_checkpoint(ckpt)
     task = (ckpt.get("config") or {}).get("task", "classification")
-    if (target == "attributes") != (task == "multilabel"):
-        raise UserError(f"distill.teacher={path} is a task={task} model; distill.target={target} needs "
-                        f"{'a task=multilabel' if target == 'attributes' else 'a classifier (task=classification)'}"
-                        f" teacher")
+    want = {"logits": "classification", "attributes": "multilabel"}.get(target)  # embedding: any network's
+    if want is not None and task != want:
+        raise UserError(f"distill.teacher={path} is a task={task} model; distill.target={target} needs a "
+                        f"task={want} teacher")
     theirs = ckpt.get("classes")
     if classes is not None and (args.num_classes != len(classes) or (theirs is not None
                                                                      and list(theirs) != list(classes))):
