@@ -36,9 +36,9 @@ COLOURS = ("red", "green", "blue")
 ATTRIBUTES = (*(f"has_{c}" for c in CLASSES), *(f"has_{c}" for c in COLOURS), "has_large", "has_small",
               "many_objects")
 MAX_OBJECTS = 3
-RADIUS = (0.10, 0.24)  # object radius range, as a fraction of the image side
-SMALL_RADIUS = 0.14    # has_small: below this; has_large: above LARGE_RADIUS; between: neither
-LARGE_RADIUS = 0.20
+RADIUS = (0.12, 0.26)  # object radius range, as a fraction of the image side
+SMALL_RADIUS = 0.16    # has_small: below this; has_large: above LARGE_RADIUS; between: neither
+LARGE_RADIUS = 0.22
 MIN_GAP = 0.9          # centres at least this x (r1 + r2) apart: objects overlap a little at most
 MISSING_SHARE = 0.03   # train/labels.csv: share of cells left empty
 SPLITS = ("train", "unlabelled", "val")
