@@ -31,7 +31,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from .shapes import CLASSES, SUPERSAMPLE, _background, draw_shape, generate_once
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: larger objects (RADIUS)
 COLOURS = ("red", "green", "blue")
 ATTRIBUTES = (*(f"has_{c}" for c in CLASSES), *(f"has_{c}" for c in COLOURS), "has_large", "has_small",
               "many_objects")
