@@ -112,7 +112,7 @@ def embeddings_section(table: list[dict]) -> list[str]:
     ref = published.table14()
     out = ["## Embeddings (paper section 4.7, Table 14)", "",
            "Retrieval and verification on each run's own val split: recall@1 (percent of the images whose nearest "
-           "other image by embedding distance has the same label); ROC-AUC (0-1) and TAR@FAR (true accept rate in "
+           "other image by cosine similarity has the same label); ROC-AUC (0-1) and TAR@FAR (true accept rate in "
            "percent at a false accept rate of 1e-3 and 1e-4) over the same/different pairs; – where there are too "
            "few pairs for that false accept rate. A training run shows its best epoch by val recall@1. "
            f"The paper's rows: {ref['about']}; their number stands in the TAR@FAR=1e-4 column.", "",
