@@ -16,7 +16,9 @@ def test_required_experiments_exist():
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_experiment_composes(compose, name):
-    cfg = compose(f"+experiment={name}", *(["model.init=w.pt"] if name in ("finetune", "qat", "ssd_finetune") else []))
+    required = {"finetune": "model.init=w.pt", "qat": "model.init=w.pt", "ssd_finetune": "model.init=w.pt",
+                "embedding": "distill.teacher=t.pt"}
+    cfg = compose(f"+experiment={name}", *([required[name]] if name in required else []))
     args = ModelArgs.from_config(cfg.model)  # resolves and validates the model section
     assert args.num_classes == cfg.data.num_classes
 
