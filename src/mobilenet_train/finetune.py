@@ -128,8 +128,12 @@ def load_init_weights(model: nn.Module, init: dict, path: str, classes: list[str
     model.load_state_dict({**own, **kept})
     if fresh:
         old = init["model_args"].get("num_classes")
-        log.info("model.init=%s: weights loaded; the head is new (%s classes -> %s outputs)", path, old,
-                 getattr(model.fc, "out_features", model.num_features))
+        if model.args.embedding_dim:
+            log.info("model.init=%s: weights loaded; the embedding head is new (%d -> %d)", path, model.num_features,
+                     model.args.embedding_dim)
+        else:
+            log.info("model.init=%s: weights loaded; the classifier is new (%s -> %d classes)", path, old,
+                     model.fc.out_features)
     else:
         log.info("model.init=%s: all weights loaded, classifier included", path)
     return fresh

@@ -17,6 +17,7 @@ import torch
 from torchvision.models._meta import _COCO_CATEGORIES
 
 from ..errors import UserError
+from ..model import ModelArgs
 from ..weights.common import infer_width
 from ..weights.tflite_detect import POSTPROCESS, DetectorSource
 from .model import DetArgs, DetectorOutputs, SSDMobileNetV1
@@ -143,8 +144,7 @@ def postprocess_record(src: DetectorSource) -> dict:
 
 
 # DetArgs keys that live in model.* (the rest are detection.*)
-MODEL_KEYS = ("alpha", "resolution", "num_classes", "variant", "dropout", "activation", "padding", "round_to",
-              "min_channels", "norm", "bn_momentum", "bn_eps", "task")
+MODEL_KEYS = (*ModelArgs.__dataclass_fields__, "task")  # the backbone's keys (model.*); the rest are detection.*
 
 
 def config_overrides_of(args: DetArgs) -> list[str]:
