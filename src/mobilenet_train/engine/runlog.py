@@ -40,7 +40,6 @@ class RunLogger:
         self.metrics_path = run_dir / "metrics.jsonl"
         self.is_main, self.progress = is_main, progress
         self.task = str(cfg.get("task") or "classification")
-        self.detection = self.task == "detection"  # no top-1: the score is COCO mAP (val_map)
         # The running accuracy's name: top-1, or the share of known attributes right; none for embeddings.
         self.train_acc = {"classification": "top-1", "multilabel": "label acc"}.get(self.task)
         self.tb_dir = run_dir / "tb"
