@@ -78,7 +78,7 @@ def test_embedding_loss_is_zero_for_a_student_equal_to_its_teacher():
     for normalize in (False, True):
         d = Distiller(LoadedTeacher(copy.deepcopy(teacher), 32, *INCEPTION, {}), 1.0, 1.0, "inception", 32,
                       torch.device("cpu"), False, None, target="embedding", normalize=normalize)
-        assert d.embedding_dim(torch.device("cpu")) == width
+        assert d.embedding_dim() == width
         x = torch.randn(4, 3, 32, 32)
         parts = TrainParts(student, student, None, None, None, None, None, None, None, distill=d)
         assert training_loss(parts, student(x), x, torch.zeros(4)).item() == 0.0
@@ -150,6 +150,6 @@ def test_a_timm_teacher_lends_its_pre_logits_or_a_named_output(tmp_path):
         expected = model.forward_head(model.forward_features(x), pre_logits=True)
         assert torch.allclose(EmbeddingOf(loaded.model, None, "timm:resnet10t")(x), expected, atol=1e-5)
         assert d.teacher_outputs(x).shape == expected.shape == (2, 512)  # (at the teacher's input size)
-        assert d.embedding_dim(torch.device("cpu")) == 512
+        assert d.embedding_dim() == 512
         pooled = EmbeddingOf(loaded.model, "layer3", "timm:resnet10t")(x)
         assert pooled.shape == (2, 256)

@@ -230,9 +230,10 @@ class Distiller:
             self.renormalize = (scale.view(1, 3, 1, 1).to(device), shift.view(1, 3, 1, 1).to(device))
 
     @torch.no_grad()
-    def embedding_dim(self, device: torch.device) -> int:
-        """The size of the teacher's embedding (one probe image at its resolution)."""
+    def embedding_dim(self) -> int:
+        """The size of the teacher's embedding (one probe image at its resolution, on its device)."""
         side = self.teacher_resolution
+        device = next(self.model.parameters()).device
         return int(self.model(torch.zeros(1, 3, side, side, device=device)).shape[1])
 
     def teacher_outputs(self, x: torch.Tensor) -> torch.Tensor:

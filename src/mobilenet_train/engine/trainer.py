@@ -105,13 +105,9 @@ def build_task_model(cfg: DictConfig, distiller=None) -> tuple[torch.nn.Module, 
         return model, args, detector_complexity(model, args.resolution)
     args = ModelArgs.from_config(cfg.model)
     if cfg.task == "embedding" and not args.embedding_dim:
-        args = dataclasses.replace(args, embedding_dim=distiller.embedding_dim(distiller_device(distiller)))
+        args = dataclasses.replace(args, embedding_dim=distiller.embedding_dim())
     model = MobileNetV1(args)
     return model, args, measure_complexity(model, args.resolution)
-
-
-def distiller_device(distiller) -> torch.device:
-    return next(distiller.model.parameters()).device
 
 
 def task_data(cfg: DictConfig):
